@@ -1,0 +1,3 @@
+from trolleyfs.cli import main
+
+raise SystemExit(main())

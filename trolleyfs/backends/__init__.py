@@ -1,0 +1,1 @@
+"""Protocol backends: searchers and downloaders, each behind the Protocols in :mod:`.base`."""

@@ -1,0 +1,38 @@
+"""The small Protocols every backend implements, and where downloaded instances go.
+
+A :class:`Searcher` answers a :class:`~trolleyfs.model.Query` with a Study tree. A
+:class:`Downloader` fetches what a reference names and hands each instance, as a stream of byte
+chunks, to an :class:`InstanceSink` (in production the disk cache), never holding a whole
+instance or series in memory.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from trolleyfs.model import Query, Reference, Study
+
+
+class Searcher(Protocol):
+    async def find_studies(self, query: Query) -> list[Study]:
+        """Studies matching ``query``, filled with series and instances down to its level."""
+        ...
+
+
+class InstanceWriter(Protocol):
+    async def write(self, chunk: bytes) -> None: ...
+
+
+class InstanceSink(Protocol):
+    def receive(self, expected_uid: str | None = None) -> AbstractAsyncContextManager[InstanceWriter]:
+        """A writer for one Part-10 file. Leaving the block normally publishes it (its
+        SOPInstanceUID must equal ``expected_uid`` when given); an exception discards it."""
+        ...
+
+
+class Downloader(Protocol):
+    async def fetch(self, reference: Reference, sink: InstanceSink) -> None:
+        """Put every instance ``reference`` names into ``sink``. Raises NeedsInstances when this
+        downloader can only fetch single instances and ``reference`` names a study or series."""
+        ...

@@ -1,0 +1,36 @@
+"""DICOM JSON (PS3.18 annex F) datasets to the flat keyword records :func:`build_studies` takes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydicom.datadict import keyword_for_tag
+
+from trolleyfs.errors import PacsProtocolError
+
+
+def record_from_dicom_json(dataset: Any) -> dict[str, Any]:
+    """``{"0020000D": {"vr": "UI", "Value": ["1.2"]}}`` -> ``{"StudyInstanceUID": "1.2"}``.
+
+    One value becomes a scalar, several a list, none an empty string; a person name becomes its
+    alphabetic form. Tags pydicom does not know (private ones) are left out.
+    """
+    if not isinstance(dataset, dict):
+        raise PacsProtocolError(f"DICOM JSON dataset is not an object: {str(dataset)[:80]}")
+    record: dict[str, Any] = {}
+    for tag, element in dataset.items():
+        try:
+            keyword = keyword_for_tag(int(tag, 16))
+        except (TypeError, ValueError):
+            raise PacsProtocolError(f"DICOM JSON has a malformed tag {tag!r}") from None
+        if not keyword or not isinstance(element, dict):
+            continue
+        values = [_plain(value) for value in element.get("Value", [])]
+        record[keyword] = values[0] if len(values) == 1 else (values or "")
+    return record
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict) and "Alphabetic" in value:
+        return value["Alphabetic"]
+    return value

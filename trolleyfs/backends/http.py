@@ -1,0 +1,138 @@
+"""The shared HTTP client of the DICOMweb backends: one pooled httpx.AsyncClient per server.
+
+It owns the policy every backend shares: connect/read timeouts, a bounded connection pool,
+retries with exponential backoff on connect errors, 429 and 5xx, and the translation of every
+httpx error into the trolleyfs exception tree, so no failure is silent.
+
+Query strings are built here by hand, because Orthanc (1.10) does not percent-decode them: the
+DICOM wildcard and separator characters ``* ? ^`` must travel raw or nothing matches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from urllib.parse import quote
+
+import httpx
+import trio
+
+from trolleyfs.errors import NotFound, PacsError, PacsProtocolError
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_RAW_QUERY_CHARACTERS = "*?^-.,"
+_MAX_BACKOFF = 5.0
+
+
+def build_url(base: str, path: str = "", params: Iterable[tuple[str, str]] = ()) -> str:
+    """Join ``base`` and ``path`` and append ``params``, leaving DICOM wildcards unescaped."""
+    url = base.rstrip("/") + ("/" + path.lstrip("/") if path else "")
+    query = "&".join(
+        f"{quote(key, safe='')}={quote(str(value), safe=_RAW_QUERY_CHARACTERS)}" for key, value in params
+    )
+    return f"{url}?{query}" if query else url
+
+
+class HttpSession:
+    """A pooled client for one server, with retries and error translation."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        retries: int,
+        max_connections: int,
+        username: str = "",
+        password: str = "",
+        backoff: float = 0.2,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.retries = retries
+        self.backoff = backoff
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            auth=httpx.BasicAuth(username, password) if username else None,
+            transport=transport,
+            follow_redirects=True,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def get(self, url: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        """GET ``url`` and read the whole body (for small answers such as QIDO-RS JSON)."""
+        async with self.stream(url, headers) as response:
+            try:
+                await response.aread()
+            except httpx.HTTPError as exc:
+                raise PacsError(f"GET {url}: {_describe(exc)}") from exc
+        return response
+
+    @asynccontextmanager
+    async def stream(self, url: str, headers: dict[str, str] | None = None) -> AsyncIterator[httpx.Response]:
+        """GET ``url`` and yield the response with its body unread; httpx errors become PacsError."""
+        response = await self._send_with_retries(url, headers or {})
+        try:
+            yield response
+        except httpx.HTTPError as exc:
+            raise PacsError(f"GET {url}: {_describe(exc)}") from exc
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
+
+    async def _send_with_retries(self, url: str, headers: dict[str, str]) -> httpx.Response:
+        request = self._client.build_request("GET", url, headers=headers)
+        for attempt in range(self.retries + 1):
+            last_attempt = attempt == self.retries
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                if last_attempt or not _retryable_transport_error(exc):
+                    raise PacsError(f"GET {url}: {_describe(exc)}") from exc
+                log.info("GET %s: %s; retrying", url, _describe(exc))
+                await trio.sleep(self._delay(attempt, None))
+                continue
+            if response.status_code < 300:
+                return response
+            body = await _short_body(response)
+            await response.aclose()
+            if response.status_code in RETRY_STATUSES and not last_attempt:
+                log.info("GET %s: HTTP %d; retrying", url, response.status_code)
+                await trio.sleep(self._delay(attempt, response.headers.get("Retry-After")))
+                continue
+            message = f"GET {url}: HTTP {response.status_code} {body}".rstrip()
+            if response.status_code == 404:
+                raise NotFound(message)
+            if response.status_code in RETRY_STATUSES:
+                raise PacsError(message)
+            raise PacsProtocolError(message)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        delay = self.backoff * 2**attempt
+        if retry_after and retry_after.isdigit():
+            delay = max(delay, float(retry_after))
+        return min(delay, _MAX_BACKOFF)
+
+
+def _retryable_transport_error(exc: httpx.TransportError) -> bool:
+    # A connect failure or a connection dropped before any answer: nothing was read, safe to repeat.
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError))
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _short_body(response: httpx.Response) -> str:
+    try:
+        chunk = b""
+        async for chunk in response.aiter_raw(512):
+            break
+        return chunk.decode("utf-8", "replace").strip()[:200]
+    except httpx.HTTPError:
+        return ""

@@ -1,0 +1,35 @@
+"""WADO-URI downloader (PS3.18 §9): one ``requestType=WADO`` request per instance."""
+
+from __future__ import annotations
+
+from trolleyfs.backends.base import InstanceSink
+from trolleyfs.backends.http import HttpSession, build_url
+from trolleyfs.errors import NeedsInstances, PacsProtocolError
+from trolleyfs.model import InstanceReference, Reference
+
+
+class WadoURI:
+    def __init__(self, session: HttpSession, url: str) -> None:
+        self.session = session
+        self.url = url
+
+    async def fetch(self, reference: Reference, sink: InstanceSink) -> None:
+        if not isinstance(reference, InstanceReference):
+            raise NeedsInstances(f"WADO-URI fetches single instances, not {type(reference).__name__}")
+        url = build_url(
+            self.url,
+            params=[
+                ("requestType", "WADO"),
+                ("studyUID", reference.study_uid),
+                ("seriesUID", reference.series_uid),
+                ("objectUID", reference.instance_uid),
+                ("contentType", "application/dicom"),
+            ],
+        )
+        async with self.session.stream(url) as response:
+            content_type = response.headers.get("content-type", "")
+            if not content_type.startswith("application/dicom"):
+                raise PacsProtocolError(f"WADO-URI {url}: answer of type {content_type!r}, not application/dicom")
+            async with sink.receive(reference.instance_uid) as writer:
+                async for chunk in response.aiter_raw():
+                    await writer.write(chunk)

@@ -1,0 +1,240 @@
+"""The disk cache of instance files: a byte-bounded LRU that survives restarts.
+
+Layout under the cache directory (mode 0700)::
+
+    v1/tmp/                      downloads in progress; emptied at start-up
+    v1/objects/ab/<sha256>.<size>.dcm   one published Part-10 file per SOPInstanceUID
+
+A file is written under ``tmp/`` and published by an atomic rename, so a reader never sees a
+partial file. Its name records the hash of its SOPInstanceUID and its size; at start-up the index
+is rebuilt from these names (LRU order from modification times, which every open refreshes), and
+a file whose size disagrees with its name, left by a crash, is deleted instead of served.
+
+Eviction, least recently used first, keeps the total under ``max_bytes`` and the filesystem's free
+space above ``min_free_space``; entries pinned by open files are never evicted.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+
+from trolleyfs.errors import CacheError, CacheFull, PacsProtocolError
+
+log = logging.getLogger(__name__)
+
+LAYOUT_VERSION = "v1"
+_WRITE_BUFFER = 1024 * 1024
+_disk_limiter = trio.CapacityLimiter(4)
+
+
+def _key(uid: str) -> str:
+    return hashlib.sha256(uid.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    path: Path
+    size: int
+
+
+class InstanceCache:
+    """Published instance files by SOPInstanceUID. Also the InstanceSink downloaders write into."""
+
+    def __init__(self, root: Path, max_bytes: int, min_free_space: int = 0) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.min_free_space = min_free_space
+        self._objects = root / LAYOUT_VERSION / "objects"
+        self._tmp = root / LAYOUT_VERSION / "tmp"
+        self._index: OrderedDict[str, CachedFile] = OrderedDict()
+        self._pins: Counter[str] = Counter()
+        self.total_bytes = 0
+
+    @classmethod
+    async def open(cls, root: Path, max_bytes: int, min_free_space: int = 0) -> InstanceCache:
+        cache = cls(root, max_bytes, min_free_space)
+        entries = await trio.to_thread.run_sync(cache._prepare_and_scan, limiter=_disk_limiter)
+        for key, entry in entries:
+            cache._index[key] = entry
+            cache.total_bytes += entry.size
+        await cache._evict()
+        return cache
+
+    def _prepare_and_scan(self) -> list[tuple[str, CachedFile]]:
+        try:
+            for directory in (self.root, self._objects, self._tmp):
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.root.chmod(0o700)
+            for leftover in self._tmp.iterdir():
+                leftover.unlink()
+        except OSError as exc:
+            raise CacheError(f"cannot prepare cache directory {self.root}: {exc}") from exc
+        found: list[tuple[float, str, CachedFile]] = []
+        for path in self._objects.glob("*/*.dcm"):
+            key, _, size_text = path.stem.partition(".")
+            stat = path.stat()
+            if not size_text.isdigit() or stat.st_size != int(size_text):
+                log.warning("discarding damaged cache file %s", path)
+                path.unlink()
+                continue
+            found.append((stat.st_mtime, key, CachedFile(path, stat.st_size)))
+        found.sort(key=lambda item: item[0])
+        return [(key, entry) for _, key, entry in found]
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def get(self, uid: str) -> CachedFile | None:
+        """The published file of ``uid`` (marking it most recently used), or None."""
+        key = _key(uid)
+        entry = self._index.get(key)
+        if entry is None:
+            return None
+        self._index.move_to_end(key)
+        try:
+            os.utime(entry.path)
+        except OSError:  # removed behind our back: forget it and let the caller download again
+            del self._index[key]
+            self.total_bytes -= entry.size
+            return None
+        return entry
+
+    def pin(self, uid: str) -> None:
+        self._pins[_key(uid)] += 1
+
+    def unpin(self, uid: str) -> None:
+        key = _key(uid)
+        self._pins[key] -= 1
+        if self._pins[key] <= 0:
+            del self._pins[key]
+
+    @asynccontextmanager
+    async def receive(self, expected_uid: str | None = None) -> AsyncIterator[_Writer]:
+        writer = _Writer(self._tmp / f"{uuid.uuid4().hex}.part")
+        try:
+            await trio.to_thread.run_sync(writer.open, limiter=_disk_limiter)
+            yield writer
+            await writer.flush()
+            uid = await trio.to_thread.run_sync(_sop_instance_uid, writer.path, limiter=_disk_limiter)
+            if expected_uid is not None and uid != expected_uid:
+                raise PacsProtocolError(f"asked for instance {expected_uid}, received {uid}")
+            await self._publish(uid, writer)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(writer.discard, limiter=_disk_limiter)
+
+    async def _publish(self, uid: str, writer: _Writer) -> None:
+        key = _key(uid)
+        final = self._objects / key[:2] / f"{key}.{writer.size}.dcm"
+
+        def rename() -> None:
+            writer.close()
+            final.parent.mkdir(mode=0o700, exist_ok=True)
+            os.replace(writer.path, final)
+
+        await trio.to_thread.run_sync(rename, limiter=_disk_limiter)
+        previous = self._index.pop(key, None)
+        if previous is not None:
+            self.total_bytes -= previous.size
+            if previous.path != final:
+                previous.path.unlink(missing_ok=True)
+        self._index[key] = CachedFile(final, writer.size)
+        self.total_bytes += writer.size
+        await self._evict()
+
+    async def _evict(self) -> None:
+        victims: list[CachedFile] = []
+        free = await trio.to_thread.run_sync(_free_bytes, self.root, limiter=_disk_limiter)
+        for key in list(self._index):
+            if self.total_bytes <= self.max_bytes and free >= self.min_free_space:
+                break
+            if self._pins.get(key):
+                continue
+            entry = self._index.pop(key)
+            self.total_bytes -= entry.size
+            free += entry.size
+            victims.append(entry)
+        if victims:
+            log.debug("evicting %d cache files", len(victims))
+            await trio.to_thread.run_sync(_unlink_all, victims, limiter=_disk_limiter)
+
+    async def clear(self) -> None:
+        """Forget and delete every unpinned entry."""
+        victims = [self._index.pop(key) for key in list(self._index) if not self._pins.get(key)]
+        self.total_bytes -= sum(entry.size for entry in victims)
+        await trio.to_thread.run_sync(_unlink_all, victims, limiter=_disk_limiter)
+
+
+class _Writer:
+    """A temporary file being filled; writes are batched so that few of them cross to a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        self._file = None
+        self._pending = bytearray()
+
+    def open(self) -> None:
+        self._file = open(self.path, "xb")  # noqa: SIM115 - closed by close() or discard()
+
+    async def write(self, chunk: bytes) -> None:
+        self._pending += chunk
+        self.size += len(chunk)
+        if len(self._pending) >= _WRITE_BUFFER:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._pending:
+            data, self._pending = bytes(self._pending), bytearray()
+            await trio.to_thread.run_sync(self._write_through, data, limiter=_disk_limiter)
+
+    def _write_through(self, data: bytes) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise CacheFull(f"no space left for the cache in {self.path.parent}") from exc
+            raise CacheError(f"cannot write cache file {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _sop_instance_uid(path: Path) -> str:
+    try:
+        meta = read_file_meta_info(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise PacsProtocolError(f"received data is not a DICOM Part-10 file: {exc}") from exc
+    uid = str(meta.get("MediaStorageSOPInstanceUID", ""))
+    if not uid:
+        raise PacsProtocolError("received DICOM file has no MediaStorageSOPInstanceUID")
+    return uid
+
+
+def _free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _unlink_all(entries: list[CachedFile]) -> None:
+    for entry in entries:
+        entry.path.unlink(missing_ok=True)

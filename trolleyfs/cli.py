@@ -1,0 +1,84 @@
+"""The ``trolleyfs`` command.
+
+    trolleyfs mount SOURCE MOUNTPOINT [-f] [-o key=value[,key=value...]]
+    trolleyfs demo [MOUNTPOINT] [-o key=value,...]
+
+Exit status 0 once the mount is ready (or, with ``-f``, once it is unmounted cleanly); 1 when it
+cannot be mounted, with the reason on stderr; 2 for a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from trolleyfs.config import Config, load_config, parse_mount_options
+from trolleyfs.daemon import mount_in_background, run_foreground
+from trolleyfs.errors import ConfigError, TrolleyError
+
+DEFAULT_DEMO_MOUNTPOINT = Path(tempfile.gettempdir()) / "trolleyfs-demo"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trolleyfs", description="Mount a DICOM PACS as a filesystem.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    mount = commands.add_parser("mount", help="mount a PACS")
+    mount.add_argument("source", help="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
+    mount.add_argument("mountpoint", type=Path)
+    _add_common(mount)
+    demo = commands.add_parser("demo", help="mount an embedded sample PACS on 127.0.0.1")
+    demo.add_argument("mountpoint", type=Path, nargs="?", default=DEFAULT_DEMO_MOUNTPOINT)
+    _add_common(demo)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    parser.add_argument(
+        "-o", dest="options", action="append", default=[], metavar="key=value[,...]",
+        help="mount options (see docs/options.md); may be repeated",
+    )
+
+
+def _options(raw: list[str]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for text in raw:
+        options.update(parse_mount_options(text))
+    return options
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s trolleyfs %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from trolleyfs.demo import run_demo
+
+            options = _options(args.options)
+            _setup_logging(options.get("log_level", "WARNING"))
+            return run_demo(args.mountpoint, options)
+        config = load_config({**_options(args.options), "source": args.source})
+    except ConfigError as exc:
+        print(f"trolleyfs: {exc}", file=sys.stderr)
+        return 2
+    return _mount(config, args)
+
+
+def _mount(config: Config, args: argparse.Namespace) -> int:
+    mountpoint = args.mountpoint.resolve()
+    if args.foreground:
+        _setup_logging(config.log_level)
+        return run_foreground(config, mountpoint)
+    child_argv = ["mount", args.source, str(mountpoint), *(f"-o{text}" for text in args.options)]
+    try:
+        mount_in_background(child_argv, config.resolved_cache_dir / "trolleyfs.log")
+    except TrolleyError as exc:
+        print(f"trolleyfs: {exc}", file=sys.stderr)
+        return 1
+    return 0

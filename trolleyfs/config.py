@@ -1,0 +1,156 @@
+"""The one configuration model and how it is loaded.
+
+Every option is a field of :class:`Config`, documented where it is defined; that definition is the
+only source of defaults. Values come from, highest precedence first: ``-o key=value`` options on the
+command line, a TOML file (``config=FILE``), environment variables ``TROLLEYFS_<KEY>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from trolleyfs.errors import ConfigError
+
+ENV_PREFIX = "TROLLEYFS_"
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(value: Any) -> int:
+    """``2G``, ``500M``, ``1.5G``, ``4096`` (bytes) -> bytes. Units are powers of 1024."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(value), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use e.g. 2G, 500M, 4096)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+
+
+def _default_cache_root() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/cache/trolleyfs")
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trolleyfs"
+
+
+class Config(BaseModel):
+    """Everything a mount can be told. Field docs are the user documentation (docs/options.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    """The PACS: ``http(s)://host:port/path``, a DICOMweb root serving QIDO-RS and WADO-RS."""
+    searcher: Literal["qido-rs"] = "qido-rs"
+    """How directories are listed."""
+    downloader: Literal["wado-rs", "wado-uri"] = "wado-rs"
+    """How file contents are fetched."""
+    qido_url: str = ""
+    """QIDO-RS root; empty means SOURCE."""
+    wado_rs_url: str = ""
+    """WADO-RS root; empty means SOURCE."""
+    wado_uri_url: str = ""
+    """WADO-URI endpoint (e.g. ``http://host:8042/wado``); needed with ``downloader=wado-uri``."""
+    username: str = ""
+    """HTTP basic-auth user for every DICOMweb request; empty means no authentication."""
+    password: str = ""
+    """HTTP basic-auth password."""
+    timeout: float = Field(default=30.0, gt=0)
+    """Seconds the PACS may take to connect or to send the next bytes; past it the file operation
+    fails with EIO. A whole operation (all retries included) is bounded by 4 × timeout."""
+    retries: int = Field(default=2, ge=0)
+    """Extra attempts after a connect error, a 429 or a 5xx answer, with exponential backoff."""
+    max_connections: int = Field(default=8, ge=1)
+    """Connections kept open to each server."""
+    cache_dir: Path | None = None
+    """Directory of the instance cache; default ``/var/cache/trolleyfs/<source hash>`` as root,
+    else ``$XDG_CACHE_HOME/trolleyfs/<source hash>``. Created with mode 0700."""
+    cache_size: Size = 2 * 1024**3
+    """Upper bound of the bytes the instance cache holds, e.g. ``2G``."""
+    min_free_space: Size = 1024**3
+    """Free space the cache leaves on its filesystem; it evicts to keep it."""
+    listing_ttl: float = Field(default=60.0, ge=0)
+    """Seconds a directory listing (a searcher answer) is reused before the PACS is asked again."""
+    root_listing_limit: int = Field(default=1000, ge=0)
+    """At most this many patients in a listing of ``/patients``; 0 lists none (a patient directory
+    can always be opened by its PatientID)."""
+    allow_other: bool = False
+    """Let users other than the one who mounted read the filesystem (FUSE ``allow_other``)."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Daemon log verbosity."""
+
+    @model_validator(mode="after")
+    def _urls(self) -> Config:
+        for name in ("source", "qido_url", "wado_rs_url", "wado_uri_url"):
+            value = getattr(self, name)
+            if value and urlsplit(value).scheme not in ("http", "https"):
+                raise ValueError(f"{name} must be an http:// or https:// URL, not {value!r}")
+        if self.downloader == "wado-uri" and not self.wado_uri_url:
+            raise ValueError("downloader=wado-uri needs wado_uri_url=URL (e.g. http://host:8042/wado)")
+        return self
+
+    @property
+    def resolved_qido_url(self) -> str:
+        return self.qido_url or self.source
+
+    @property
+    def resolved_wado_rs_url(self) -> str:
+        return self.wado_rs_url or self.source
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        digest = hashlib.sha256(self.source.encode()).hexdigest()[:16]
+        return _default_cache_root() / digest
+
+
+def parse_mount_options(text: str) -> dict[str, str]:
+    """``a=1,b=2`` -> {'a': '1', 'b': '2'}; a bare ``flag`` means ``flag=true``."""
+    options: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        options[key.strip()] = value if sep else "true"
+    return options
+
+
+def options_from_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    known = Config.model_fields
+    return {
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in environ.items()
+        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in known
+    }
+
+
+def load_config(
+    cli_options: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Config:
+    """Merge environment < TOML file < command line and validate; errors become ConfigError."""
+    environ = os.environ if environ is None else environ
+    cli = dict(cli_options)
+    env = options_from_environment(environ)
+    config_file = cli.pop("config", None) or env.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    from_file: dict[str, Any] = {}
+    if config_file:
+        try:
+            from_file = tomllib.loads(Path(config_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+    merged = {**env, **from_file, **cli}
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc

@@ -1,0 +1,124 @@
+"""Running a mount: builds the trolley from a Config, serves FUSE until unmounted or signalled.
+
+``serve`` is the foreground daemon. ``mount_in_background`` starts it as a detached child process
+and returns once the child reports that the mount is ready (or why it failed), which is what
+``trolleyfs mount`` without ``-f`` and mount(8) expect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from trolleyfs.backends.registry import Backends
+from trolleyfs.cache import InstanceCache
+from trolleyfs.config import Config
+from trolleyfs.errors import ConfigError, TrolleyError
+from trolleyfs.fs.core import FileSystem
+from trolleyfs.fs.fuse import FuseOperations
+from trolleyfs.trolley import Trolley
+
+log = logging.getLogger(__name__)
+
+READY_FD_ENV = "TROLLEYFS_READY_FD"
+READY = b"ready\n"
+
+
+def search_deadline(config: Config) -> float:
+    """Bound on one search, retries and backoff included."""
+    return config.timeout * (config.retries + 1) * 2 + 5.0
+
+
+def fuse_options(config: Config) -> set[str]:
+    options = set(pyfuse3.default_options) | {"ro", "fsname=trolleyfs", "subtype=trolleyfs"}
+    if config.allow_other:
+        options.add("allow_other")
+    return options
+
+
+async def serve(config: Config, mountpoint: Path, on_ready: Callable[[], None] = lambda: None) -> None:
+    """Mount ``mountpoint`` and serve it until it is unmounted, or SIGINT/SIGTERM arrives."""
+    if not mountpoint.is_dir():
+        raise ConfigError(f"mount point {mountpoint} is not a directory")
+    async with AsyncExitStack() as stack:
+        backends = Backends(config, stack)
+        cache = await InstanceCache.open(config.resolved_cache_dir, config.cache_size, config.min_free_space)
+        trolley = Trolley(
+            backends.searcher,
+            backends.downloader,
+            cache,
+            listing_ttl=config.listing_ttl,
+            search_deadline=search_deadline(config),
+        )
+        filesystem = FileSystem(trolley, root_listing_limit=config.root_listing_limit, listing_ttl=config.listing_ttl)
+        pyfuse3.init(FuseOperations(filesystem), str(mountpoint), fuse_options(config))
+        try:
+            log.info("mounted %s on %s (cache %s)", config.source, mountpoint, config.resolved_cache_dir)
+            on_ready()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_terminate_on_signal, nursery.cancel_scope)
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", mountpoint)
+
+
+async def _terminate_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def run_foreground(config: Config, mountpoint: Path) -> int:
+    """The daemon's process: serve, telling a waiting parent (if any) when the mount is ready."""
+    ready_fd = int(os.environ.pop(READY_FD_ENV, "-1"))
+
+    def report(message: bytes) -> None:
+        nonlocal ready_fd
+        if ready_fd >= 0:
+            os.write(ready_fd, message)
+            os.close(ready_fd)
+            ready_fd = -1
+
+    try:
+        trio.run(serve, config, mountpoint, lambda: report(READY))
+    except (TrolleyError, RuntimeError, OSError) as exc:
+        log.error("%s", exc)
+        report(f"{exc}\n".encode())
+        return 1
+    return 0
+
+
+def mount_in_background(argv: list[str], log_file: Path) -> None:
+    """Start ``trolleyfs <argv> -f`` detached and wait until it reports ready; raise if it fails."""
+    read_end, write_end = os.pipe()
+    log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(log_file, "ab") as log_output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trolleyfs", *argv, "-f"],
+            env={**os.environ, READY_FD_ENV: str(write_end)},
+            pass_fds=(write_end,),
+            stdin=subprocess.DEVNULL,
+            stdout=log_output,
+            stderr=log_output,
+            start_new_session=True,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        answer = ready.read()
+    if answer != READY:
+        process.wait()
+        reason = answer.decode(errors="replace").strip() or f"daemon exited with status {process.returncode}"
+        raise TrolleyError(f"mount failed: {reason} (log: {log_file})")

@@ -1,0 +1,62 @@
+"""The trolleyfs exception tree. Every domain error carries the errno the filesystem reports for it.
+
+    TrolleyError                   EIO   base of everything trolleyfs raises on purpose
+    ├── InvalidQuery               EINVAL  a Query the model or a backend cannot express
+    ├── ConfigError                EINVAL  a bad option, config file or environment value
+    ├── NotFound                   ENOENT  the PACS has no such patient, study, series or instance
+    ├── ReadOnly                   EROFS   any attempt to change the filesystem
+    ├── NeedsInstances             EIO     a downloader needs instance UIDs the reference lacks
+    ├── PacsError                  EIO     the PACS failed: unreachable, timed out, refused, garbage
+    │   └── PacsProtocolError      EIO     the PACS answered something that breaks the protocol
+    └── CacheError                 EIO     the disk cache cannot hold or publish a file
+        └── CacheFull              ENOSPC  nothing evictable is left and the entry does not fit
+
+Foreign exceptions (httpx, pydicom, OSError from the cache directory) are translated where they
+enter, with ``raise ... from exc``; the FUSE adapter maps anything else to EIO and logs it.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class TrolleyError(Exception):
+    """Base of every error trolleyfs raises on purpose."""
+
+    errno: int = errno.EIO
+
+
+class InvalidQuery(TrolleyError, ValueError):
+    errno = errno.EINVAL
+
+
+class ConfigError(TrolleyError, ValueError):
+    errno = errno.EINVAL
+
+
+class NotFound(TrolleyError):
+    errno = errno.ENOENT
+
+
+class ReadOnly(TrolleyError):
+    errno = errno.EROFS
+
+
+class NeedsInstances(TrolleyError):
+    """Raised by a downloader that can only fetch single instances when given a study or series."""
+
+
+class PacsError(TrolleyError):
+    """The PACS could not be reached or did not answer properly."""
+
+
+class PacsProtocolError(PacsError):
+    """The PACS answered, but with something that does not follow the protocol."""
+
+
+class CacheError(TrolleyError):
+    pass
+
+
+class CacheFull(CacheError):
+    errno = errno.ENOSPC

@@ -1,0 +1,283 @@
+"""The filesystem's operations as plain async methods over the trolley. Never imports pyfuse3.
+
+Directories are answers of the searcher (through the trolley's listing cache); instance files
+are downloaded into the disk cache on ``open``, never on ``lookup``, ``getattr`` or ``readdir``.
+Every error is raised as a :class:`~trolleyfs.errors.TrolleyError` carrying its errno; the
+adapter decides nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from trolleyfs.errors import NotFound, ReadOnly
+from trolleyfs.fs.tree import (
+    InodeTable,
+    Kind,
+    Node,
+    NodeKey,
+    instance_file_name,
+    patient_dir_name,
+    patient_id_from_name,
+    series_dir_name,
+    study_dir_name,
+    study_time,
+    unique_names,
+)
+from trolleyfs.model import InstanceReference, Query, QueryLevel, Study
+from trolleyfs.trolley import Trolley
+
+log = logging.getLogger(__name__)
+
+_read_limiter = trio.CapacityLimiter(8)
+_HEADER_ALLOWANCE = 4096
+_STATIC_CHILDREN = {
+    Kind.ROOT: {"patients": NodeKey(Kind.PATIENTS), ".trolleyfs": NodeKey(Kind.CONTROL)},
+    Kind.CONTROL: {"stats": NodeKey(Kind.STATS)},
+}
+
+
+@dataclass
+class OpenFile:
+    node: Node
+    fd: int | None = None
+    snapshot: bytes | None = None
+    """Contents fixed at open, for generated files (stats)."""
+
+
+class FileSystem:
+    def __init__(self, trolley: Trolley, *, root_listing_limit: int = 1000, listing_ttl: float = 60.0) -> None:
+        self.trolley = trolley
+        self.root_listing_limit = root_listing_limit
+        self.listing_ttl = listing_ttl
+        self.inodes = InodeTable(mount_time=time.time())
+        self._handles = itertools.count(1)
+        self._open_files: dict[int, OpenFile] = {}
+        self._open_dirs: dict[int, list[tuple[str, Node]]] = {}
+
+    # --- looking things up -------------------------------------------------------------------
+
+    def getattr(self, inode: int) -> Node:
+        node = self.inodes.get(inode)
+        if node is None:
+            raise NotFound(f"no inode {inode}")
+        if node.key.kind is Kind.STATS:
+            node.size = len(self._render_stats())
+        elif node.key.kind is Kind.INSTANCE and not node.size_exact:
+            cached = self.trolley.cache.get(node.key.instance_uid)
+            if cached is not None:
+                node.size, node.size_exact = cached.size, True
+        return node
+
+    def attr_timeout(self, node: Node) -> float:
+        """How long the kernel may keep a node's attributes: files whose size may still change
+        (an estimate, the stats file) are asked again every time."""
+        if node.key.kind is Kind.STATS or (node.key.kind is Kind.INSTANCE and not node.size_exact):
+            return 0.0
+        return self.listing_ttl
+
+    async def lookup(self, parent_inode: int, name: str) -> Node:
+        parent = self.getattr(parent_inode)
+        if parent.key.kind is Kind.PATIENTS:
+            return await self._lookup_patient(name)
+        children = await self._children(parent)
+        if name not in children:
+            raise NotFound(f"{name!r} not in inode {parent_inode}")
+        return self.getattr(children[name].inode)
+
+    async def _lookup_patient(self, name: str) -> Node:
+        patient_id = patient_id_from_name(name)
+        if patient_id is None:
+            raise NotFound(f"{name!r} does not name a PatientID")
+        node = self.inodes.node_for(NodeKey(Kind.PATIENT, patient_id=patient_id))
+        if not await self._children(node):
+            raise NotFound(f"no studies for PatientID {patient_id!r}")
+        return node
+
+    async def _children(self, node: Node) -> dict[str, Node]:
+        key = node.key
+        if key.kind in _STATIC_CHILDREN:
+            return {name: self.inodes.node_for(child) for name, child in _STATIC_CHILDREN[key.kind].items()}
+        if key.kind is Kind.PATIENTS:
+            return await self._patients()
+        if key.kind is Kind.PATIENT:
+            return await self._studies_of(key)
+        if key.kind is Kind.STUDY:
+            return await self._series_of(key)
+        if key.kind is Kind.SERIES:
+            return await self._instances_of(key)
+        raise NotFound(f"inode {node.inode} is not a directory")
+
+    async def _patients(self) -> dict[str, Node]:
+        if not self.root_listing_limit:
+            return {}
+        studies = await self.trolley.find_studies(Query(limit=self.root_listing_limit))
+        patient_ids = {_text(study.attributes.get("PatientID")) for study in studies}
+        return {
+            patient_dir_name(pid): self.inodes.node_for(NodeKey(Kind.PATIENT, patient_id=pid))
+            for pid in sorted(patient_ids)
+        }
+
+    async def _studies_of(self, key: NodeKey) -> dict[str, Node]:
+        studies = [
+            study
+            for study in await self.trolley.find_studies(Query(PatientID=key.patient_id))
+            if _text(study.attributes.get("PatientID")) == key.patient_id
+        ]
+        by_uid = {study.uid: study for study in studies}
+        names = unique_names([(study_dir_name(study.uid, study.attributes), study.uid) for study in studies])
+        return {
+            name: self.inodes.node_for(
+                NodeKey(Kind.STUDY, patient_id=key.patient_id, study_uid=uid), study_time(by_uid[uid].attributes)
+            )
+            for name, uid in names.items()
+        }
+
+    async def _series_of(self, key: NodeKey) -> dict[str, Node]:
+        query = Query(StudyInstanceUID=key.study_uid, query_level=QueryLevel.SERIES)
+        study = _only_study(await self.trolley.find_studies(query), key.study_uid)
+        mtime = study_time(study.attributes) if study else None
+        series = {s.uid: s for s in study.series} if study else {}
+        names = unique_names([(series_dir_name(uid, s.attributes), uid) for uid, s in series.items()])
+        return {name: self.inodes.node_for(_child(key, Kind.SERIES, series_uid=uid), mtime) for name, uid in names.items()}
+
+    async def _instances_of(self, key: NodeKey) -> dict[str, Node]:
+        query = Query(
+            StudyInstanceUID=key.study_uid, SeriesInstanceUID=key.series_uid, query_level=QueryLevel.INSTANCE
+        )
+        study = _only_study(await self.trolley.find_studies(query), key.study_uid)
+        series = next((s for s in study.series if s.uid == key.series_uid), None) if study else None
+        instances = {i.uid: i for i in series.instances} if series else {}
+        names = unique_names([(instance_file_name(uid, i.attributes), uid) for uid, i in instances.items()])
+        mtime = study_time(study.attributes) if study else None
+        children = {}
+        for name, uid in names.items():
+            node = self.inodes.node_for(_child(key, Kind.INSTANCE, instance_uid=uid), mtime)
+            if not node.size_exact:
+                node.size = _estimated_size(instances[uid].attributes)
+            children[name] = self.getattr(node.inode)
+        return children
+
+    # --- directories ---------------------------------------------------------------------------
+
+    async def opendir(self, inode: int) -> int:
+        node = self.getattr(inode)
+        if not node.key.kind.is_dir:
+            raise NotFound(f"inode {inode} is not a directory")
+        handle = next(self._handles)
+        self._open_dirs[handle] = sorted((await self._children(node)).items())
+        return handle
+
+    def readdir(self, handle: int, start: int) -> list[tuple[str, Node, int]]:
+        """Entries from position ``start`` of the listing taken at opendir, with next positions."""
+        entries = self._open_dirs.get(handle, [])
+        return [(name, node, index + 1) for index, (name, node) in enumerate(entries) if index >= start]
+
+    def releasedir(self, handle: int) -> None:
+        self._open_dirs.pop(handle, None)
+
+    # --- files ---------------------------------------------------------------------------------
+
+    async def open(self, inode: int, writable: bool) -> tuple[int, bool]:
+        """Open a file for reading; returns (handle, direct_io). Instance files are downloaded
+        here, so that fstat right after open reports their true size."""
+        if writable:
+            raise ReadOnly("trolleyfs is read-only")
+        node = self.getattr(inode)
+        handle = next(self._handles)
+        if node.key.kind is Kind.STATS:
+            self._open_files[handle] = OpenFile(node, snapshot=self._render_stats())
+            return handle, True
+        if node.key.kind is not Kind.INSTANCE:
+            raise NotFound(f"inode {inode} is not a file")
+        key = node.key
+        reference = InstanceReference(
+            study_uid=key.study_uid, series_uid=key.series_uid, instance_uid=key.instance_uid
+        )
+        cached = await self.trolley.instance_file(reference)
+        self.trolley.cache.pin(key.instance_uid)
+        try:
+            fd = await trio.to_thread.run_sync(os.open, cached.path, os.O_RDONLY, limiter=_read_limiter)
+        except BaseException:
+            self.trolley.cache.unpin(key.instance_uid)
+            raise
+        node.size, node.size_exact = cached.size, True
+        self._open_files[handle] = OpenFile(node, fd=fd)
+        return handle, False
+
+    async def read(self, handle: int, offset: int, size: int) -> bytes:
+        open_file = self._open_files[handle]
+        if open_file.snapshot is not None:
+            return open_file.snapshot[offset : offset + size]
+        return await trio.to_thread.run_sync(os.pread, open_file.fd, size, offset, limiter=_read_limiter)
+
+    def release(self, handle: int) -> None:
+        open_file = self._open_files.pop(handle, None)
+        if open_file is None or open_file.fd is None:
+            return
+        os.close(open_file.fd)
+        self.trolley.cache.unpin(open_file.node.key.instance_uid)
+
+    def refuse_change(self, what: str) -> None:
+        raise ReadOnly(f"{what}: trolleyfs is read-only")
+
+    # --- the stats file ------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        cache = self.trolley.cache
+        return {
+            **dict(self.trolley.stats),
+            "cache_files": len(cache),
+            "cache_bytes": cache.total_bytes,
+            "cache_max_bytes": cache.max_bytes,
+            "open_files": len(self._open_files),
+        }
+
+    def _render_stats(self) -> bytes:
+        return (json.dumps(self.stats(), indent=2, sort_keys=True) + "\n").encode()
+
+
+def _child(parent: NodeKey, kind: Kind, **uids: str) -> NodeKey:
+    return NodeKey(
+        kind,
+        patient_id=parent.patient_id,
+        study_uid=parent.study_uid,
+        series_uid=uids.get("series_uid", parent.series_uid),
+        instance_uid=uids.get("instance_uid", ""),
+    )
+
+
+def _only_study(studies: list[Study], uid: str) -> Study | None:
+    return next((study for study in studies if study.uid == uid), None)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return "\\".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+def _estimated_size(attributes: dict[str, Any]) -> int:
+    """Pixel bytes plus a header allowance, from what the search told; 0 when it told nothing."""
+    try:
+        rows, columns, bits = (int(attributes[name]) for name in ("Rows", "Columns", "BitsAllocated"))
+    except (KeyError, TypeError, ValueError):
+        return 0
+    samples = _int_or(attributes.get("SamplesPerPixel"), 1)
+    frames = _int_or(attributes.get("NumberOfFrames"), 1)
+    return rows * columns * samples * frames * ((bits + 7) // 8) + _HEADER_ALLOWANCE
+
+
+def _int_or(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default

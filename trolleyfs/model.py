@@ -1,0 +1,205 @@
+"""The domain model: queries, query levels, the Study/Series/Instance tree and references.
+
+In the spirit of dicomtrolley: a :class:`Query` asks a searcher for studies; the answer is a list of
+:class:`Study` objects whose :class:`Series` and :class:`Instance` children are filled down to the
+query level, each child linked to its parent. A reference (:class:`StudyReference`,
+:class:`SeriesReference`, :class:`InstanceReference`) names something that can be downloaded
+without a query first. Searchers hand this module flat records (DICOM keyword -> value) and
+:func:`build_studies` assembles the tree, so every backend yields the same shapes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydicom.datadict import tag_for_keyword
+
+
+class QueryLevel(str, enum.Enum):
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    INSTANCE = "INSTANCE"
+
+
+class Query(BaseModel):
+    """What to search for. String values may hold ``*`` and ``?`` wildcards, passed on as-is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    PatientName: str = ""
+    PatientID: str = ""
+    AccessionNumber: str = ""
+    StudyInstanceUID: str = ""
+    SeriesInstanceUID: str = ""
+    ModalitiesInStudy: str = ""
+    min_study_date: datetime.date | None = None
+    max_study_date: datetime.date | None = None
+    include_fields: tuple[str, ...] = ()
+    """Extra DICOM keywords the answer should carry (e.g. ``StudyDescription``)."""
+    query_level: QueryLevel = QueryLevel.STUDY
+    limit: int | None = None
+    """At most this many results; None means all (backends page through to the end)."""
+
+    @field_validator("include_fields")
+    @classmethod
+    def _known_keywords(cls, fields: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in fields if tag_for_keyword(name) is None]
+        if unknown:
+            raise ValueError(f"not DICOM keywords: {', '.join(unknown)}")
+        return fields
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Query:
+        if self.min_study_date and self.max_study_date and self.min_study_date > self.max_study_date:
+            raise ValueError("min_study_date is after max_study_date")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be at least 1")
+        if self.SeriesInstanceUID and self.query_level is QueryLevel.STUDY:
+            raise ValueError("SeriesInstanceUID needs query_level SERIES or INSTANCE")
+        return self
+
+    def study_date_range(self) -> str:
+        """The StudyDate matching value in DICOM range syntax, or '' when unbounded."""
+        if not (self.min_study_date or self.max_study_date):
+            return ""
+        low = self.min_study_date.strftime("%Y%m%d") if self.min_study_date else ""
+        high = self.max_study_date.strftime("%Y%m%d") if self.max_study_date else ""
+        return f"{low}-{high}"
+
+    def matching_keys(self) -> dict[str, str]:
+        """The DICOM attribute matches this query sends, by keyword (empty ones left out)."""
+        keys = {
+            name: getattr(self, name)
+            for name in (
+                "PatientName",
+                "PatientID",
+                "AccessionNumber",
+                "StudyInstanceUID",
+                "SeriesInstanceUID",
+                "ModalitiesInStudy",
+            )
+            if getattr(self, name)
+        }
+        if date_range := self.study_date_range():
+            keys["StudyDate"] = date_range
+        return keys
+
+
+class StudyReference(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    study_uid: str
+
+
+class SeriesReference(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    study_uid: str
+    series_uid: str
+
+
+class InstanceReference(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    study_uid: str
+    series_uid: str
+    instance_uid: str
+
+    @property
+    def series(self) -> SeriesReference:
+        return SeriesReference(study_uid=self.study_uid, series_uid=self.series_uid)
+
+
+Reference = StudyReference | SeriesReference | InstanceReference
+
+
+@dataclass(eq=False)
+class Study:
+    uid: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    series: list[Series] = field(default_factory=list)
+
+    @property
+    def reference(self) -> StudyReference:
+        return StudyReference(study_uid=self.uid)
+
+
+@dataclass(eq=False)
+class Series:
+    uid: str
+    parent: Study = field(repr=False)
+    attributes: dict[str, Any] = field(default_factory=dict)
+    instances: list[Instance] = field(default_factory=list)
+
+    @property
+    def reference(self) -> SeriesReference:
+        return SeriesReference(study_uid=self.parent.uid, series_uid=self.uid)
+
+
+@dataclass(eq=False)
+class Instance:
+    uid: str
+    parent: Series = field(repr=False)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reference(self) -> InstanceReference:
+        series = self.parent
+        return InstanceReference(study_uid=series.parent.uid, series_uid=series.uid, instance_uid=self.uid)
+
+
+STUDY_KEYWORDS = frozenset(
+    {
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyDate",
+        "StudyTime",
+        "StudyDescription",
+        "StudyID",
+        "AccessionNumber",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedSeries",
+        "NumberOfStudyRelatedInstances",
+    }
+)
+SERIES_KEYWORDS = frozenset(
+    {"Modality", "SeriesNumber", "SeriesDescription", "SeriesDate", "NumberOfSeriesRelatedInstances"}
+)
+
+
+def build_studies(records: Iterable[Mapping[str, Any]], level: QueryLevel) -> list[Study]:
+    """Assemble flat keyword records (one per study, series or instance) into a Study tree.
+
+    Records of one study or series are merged, in the order they first appear. Study-level
+    keywords go to the study, series-level ones to the series, everything else to the instance.
+    """
+    studies: dict[str, Study] = {}
+    series_by_uid: dict[tuple[str, str], Series] = {}
+    for record in records:
+        study_uid = record.get("StudyInstanceUID")
+        if not study_uid:
+            continue
+        study = studies.get(study_uid)
+        if study is None:
+            study = studies[study_uid] = Study(uid=study_uid)
+        study.attributes.update({k: v for k, v in record.items() if k in STUDY_KEYWORDS})
+        if level is QueryLevel.STUDY:
+            continue
+        series_uid = record.get("SeriesInstanceUID")
+        if not series_uid:
+            continue
+        series = series_by_uid.get((study_uid, series_uid))
+        if series is None:
+            series = series_by_uid[(study_uid, series_uid)] = Series(uid=series_uid, parent=study)
+            study.series.append(series)
+        series.attributes.update({k: v for k, v in record.items() if k in SERIES_KEYWORDS})
+        if level is QueryLevel.INSTANCE and (sop_uid := record.get("SOPInstanceUID")):
+            attributes = {
+                k: v for k, v in record.items() if k not in STUDY_KEYWORDS and k not in SERIES_KEYWORDS
+            }
+            series.instances.append(Instance(uid=sop_uid, parent=series, attributes=attributes))
+    return list(studies.values())

@@ -1,0 +1,342 @@
+"""The embedded test PACS: a DICOMweb server on 127.0.0.1 with fault injection and counters.
+
+It serves, from Part-10 files held in memory:
+
+- QIDO-RS (PS3.18 §10.6) at ``/dicom-web``: ``/studies``, ``/series``, ``/instances`` and the
+  hierarchical forms, with attribute matching (``*``/``?`` wildcards, case-insensitive names,
+  date ranges), ``limit``/``offset``, and 204 No Content for an empty answer;
+- WADO-RS (§10.4) at ``/dicom-web``: study, series and instance retrieval as
+  ``multipart/related; type="application/dicom"``, streamed like Orthanc does (no
+  Content-Length, ``Connection: close``);
+- WADO-URI (§9) at ``/wado``.
+
+Tests count requests by kind (``qido``, ``wado-rs``, ``wado-uri``) and inject faults: an HTTP
+error status, a hang, garbage instead of the answer, or a body cut off in the middle. ``stop()``
+and ``start()`` (on the same port) make it go down and come back.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+import pydicom
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
+
+from trolleyfs.model import SERIES_KEYWORDS, STUDY_KEYWORDS
+
+log = logging.getLogger(__name__)
+
+_INSTANCE_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns", "BitsAllocated",
+    "SamplesPerPixel", "NumberOfFrames",
+)
+_LEVEL_KEYWORDS = {
+    "studies": ("StudyInstanceUID", *sorted(STUDY_KEYWORDS - {"ModalitiesInStudy", "NumberOfStudyRelatedSeries",
+                                                              "NumberOfStudyRelatedInstances"})),
+    "series": ("StudyInstanceUID", "SeriesInstanceUID", *sorted(SERIES_KEYWORDS - {"NumberOfSeriesRelatedInstances"})),
+    "instances": ("StudyInstanceUID", "SeriesInstanceUID", *_INSTANCE_KEYWORDS),
+}
+_PERSON_NAME_KEYWORDS = {"PatientName", "ReferringPhysicianName"}
+_CHUNK = 256 * 1024
+
+
+@dataclass
+class StoredInstance:
+    data: bytes
+    header: Dataset
+
+    def value(self, keyword: str) -> str:
+        return str(self.header.get(keyword, "") or "")
+
+
+@dataclass
+class Fault:
+    kind: str
+    """Request kind it applies to: qido, wado-rs, wado-uri, or * for all."""
+    action: str
+    """status | hang | garbage | truncate"""
+    status: int = 503
+    remaining: int | None = None
+    """How many requests it still spoils; None means until cleared."""
+
+
+@dataclass
+class Faults:
+    _faults: list[Fault] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    released: threading.Event = field(default_factory=threading.Event)
+    """Set to let hanging requests go (they also give up after 120 s)."""
+
+    def add(self, kind: str, action: str, *, status: int = 503, count: int | None = None) -> None:
+        with self._lock:
+            self._faults.append(Fault(kind, action, status, count))
+        self.released.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+        self.released.set()
+
+    def take(self, kind: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.kind in (kind, "*"):
+                    if fault.remaining is not None:
+                        fault.remaining -= 1
+                        if fault.remaining <= 0:
+                            self._faults.remove(fault)
+                    return fault
+        return None
+
+
+class EmbeddedPacs:
+    def __init__(self, files: Iterable[bytes] = ()) -> None:
+        self.instances: dict[str, StoredInstance] = {}
+        self.counts: Counter[str] = Counter()
+        self.faults = Faults()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+        for data in files:
+            self.add(data)
+
+    def add(self, data: bytes) -> None:
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        self.instances[str(header.SOPInstanceUID)] = StoredInstance(data, header)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.base_url}/dicom-web"
+
+    @property
+    def wado_uri_url(self) -> str:
+        return f"{self.base_url}/wado"
+
+    def count(self, kind: str) -> int:
+        with self._lock:
+            return self.counts[kind]
+
+    def _counted(self, kind: str) -> None:
+        with self._lock:
+            self.counts[kind] += 1
+
+    def start(self) -> EmbeddedPacs:
+        handler = type("Handler", (_Handler,), {"pacs": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="embedded-pacs", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> EmbeddedPacs:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.faults.clear()
+        self.stop()
+
+    # --- answers ---------------------------------------------------------------------------------
+
+    def matching(self, filters: dict[str, str]) -> list[StoredInstance]:
+        return [instance for instance in self.instances.values() if _matches(instance, filters)]
+
+
+def _matches(instance: StoredInstance, filters: dict[str, str]) -> bool:
+    for keyword, wanted in filters.items():
+        if keyword == "ModalitiesInStudy":
+            continue  # checked per study by the caller
+        actual = instance.value(keyword)
+        if keyword.endswith("Date") and "-" in wanted:
+            low, _, high = wanted.partition("-")
+            if (low and actual < low) or (high and actual > high):
+                return False
+        elif "*" in wanted or "?" in wanted:
+            pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in wanted)
+            if not re.fullmatch(pattern, actual, re.IGNORECASE if keyword in _PERSON_NAME_KEYWORDS else 0):
+                return False
+        elif "\\" in wanted and keyword.endswith("UID"):
+            if actual not in wanted.split("\\"):
+                return False
+        elif actual != wanted:
+            return False
+    return True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    pacs: EmbeddedPacs
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        log.debug("embedded PACS: " + format, *args)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        url = urlsplit(self.path)
+        segments = [part for part in url.path.split("/") if part]
+        params = parse_qsl(url.query, keep_blank_values=True)
+        if segments[:1] == ["wado"]:
+            kind = "wado-uri"
+        elif segments[:1] == ["dicom-web"] and segments[-1:] and segments[-1] in ("studies", "series", "instances"):
+            kind = "qido"
+        elif segments[:1] == ["dicom-web"]:
+            kind = "wado-rs"
+        else:
+            return self._error(404, "unknown resource")
+        self.pacs._counted(kind)
+        fault = self.pacs.faults.take(kind)
+        if fault is not None and fault.action == "status":
+            return self._error(fault.status, "injected fault")
+        if fault is not None and fault.action == "hang":
+            self.pacs.faults.released.wait(120)
+            self.close_connection = True
+            return None
+        if fault is not None and fault.action == "garbage":
+            return self._send(200, "application/dicom+json" if kind == "qido" else "multipart/related", b"<html>oops")
+        truncate = fault is not None and fault.action == "truncate"
+        if kind == "qido":
+            return self._qido(segments[1:], params)
+        if kind == "wado-rs":
+            return self._wado_rs(segments[1:], truncate)
+        return self._wado_uri(dict(params), truncate)
+
+    # --- QIDO-RS ----------------------------------------------------------------------------------
+
+    def _qido(self, segments: list[str], params: list[tuple[str, str]]) -> None:
+        level = segments[-1]
+        filters: dict[str, str] = {}
+        path_uids = dict(zip(("StudyInstanceUID", "SeriesInstanceUID"), segments[1:-1:2]))
+        limit, offset = None, 0
+        for key, value in params:
+            if key == "limit":
+                limit = int(value)
+            elif key == "offset":
+                offset = int(value)
+            elif key in ("includefield", "fuzzymatching"):
+                continue
+            elif value:
+                filters[_keyword(key)] = value
+        filters.update(path_uids)
+        instances = self.pacs.matching(filters)
+        records = _records(level, instances, filters.get("ModalitiesInStudy"))
+        page = records[offset : offset + limit if limit is not None else None]
+        if not page:
+            return self._send(204, "application/dicom+json", b"")
+        self._send(200, "application/dicom+json", json.dumps(page).encode())
+
+    # --- WADO-RS ----------------------------------------------------------------------------------
+
+    def _wado_rs(self, segments: list[str], truncate: bool) -> None:
+        accept = self.headers.get("Accept", "")
+        if "multipart/related" not in accept or "application/dicom" not in accept:
+            return self._error(406, "WADO-RS here answers multipart/related; type=application/dicom only")
+        names = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        if segments[0::2] != ["studies", "series", "instances"][: len(segments[0::2])] or len(segments) % 2:
+            return self._error(400, "not a WADO-RS retrieve path")
+        instances = self.pacs.matching(dict(zip(names, segments[1::2])))
+        if not instances:
+            return self._error(404, "no such study, series or instance")
+        boundary = uuid.uuid4().hex
+        self.send_response(200)
+        self.send_header("Content-Type", f'multipart/related; type="application/dicom"; boundary={boundary}')
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        for index, instance in enumerate(instances):
+            head = f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(instance.data)}\r\n\r\n"
+            self.wfile.write(head.encode())
+            if truncate and index == len(instances) // 2:
+                self.wfile.write(instance.data[: len(instance.data) // 2])
+                return
+            self._write_chunked(instance.data)
+            self.wfile.write(b"\r\n")
+        self.wfile.write(f"--{boundary}--\r\n".encode())
+
+    def _write_chunked(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), _CHUNK):
+            self.wfile.write(view[start : start + _CHUNK])
+
+    # --- WADO-URI ---------------------------------------------------------------------------------
+
+    def _wado_uri(self, params: dict[str, str], truncate: bool) -> None:
+        if params.get("requestType") != "WADO":
+            return self._error(400, "requestType must be WADO")
+        if params.get("contentType") != "application/dicom":
+            return self._error(406, "only contentType=application/dicom is served")
+        instance = self.pacs.instances.get(params.get("objectUID", ""))
+        if instance is None or instance.value("SeriesInstanceUID") != params.get("seriesUID"):
+            return self._error(404, "no such instance")
+        if truncate:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom")
+            self.send_header("Content-Length", str(len(instance.data)))
+            self.end_headers()
+            self.wfile.write(instance.data[: len(instance.data) // 2])
+            self.close_connection = True
+            return
+        self._send(200, "application/dicom", instance.data)
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self._write_chunked(body)
+
+    def _error(self, status: int, message: str) -> None:
+        self._send(status, "text/plain", message.encode())
+
+
+def _keyword(key: str) -> str:
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", key):
+        return keyword_for_tag(int(key, 16)) or key
+    return key
+
+
+def _records(level: str, instances: list[StoredInstance], modalities: str | None) -> list[dict]:
+    """DICOM JSON answers at ``level``: one per distinct study, series or instance."""
+    uid_keyword = {"studies": "StudyInstanceUID", "series": "SeriesInstanceUID", "instances": "SOPInstanceUID"}[level]
+    groups: dict[str, list[StoredInstance]] = {}
+    for instance in sorted(instances, key=lambda i: (i.value("StudyInstanceUID"), i.value("SeriesInstanceUID"))):
+        groups.setdefault(instance.value(uid_keyword), []).append(instance)
+    records = []
+    for members in groups.values():
+        answer = Dataset()
+        for keyword in _LEVEL_KEYWORDS[level]:
+            if keyword in members[0].header:
+                setattr(answer, keyword, members[0].header.get(keyword))
+        if level == "studies":
+            in_study = sorted({m.value("Modality") for m in members})
+            if modalities and modalities not in in_study:
+                continue
+            answer.ModalitiesInStudy = in_study
+            answer.NumberOfStudyRelatedSeries = len({m.value("SeriesInstanceUID") for m in members})
+            answer.NumberOfStudyRelatedInstances = len(members)
+        elif level == "series":
+            answer.NumberOfSeriesRelatedInstances = len(members)
+        records.append(answer.to_json_dict())
+    return records
