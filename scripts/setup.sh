@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_packages=(fuse3 libfuse3-dev pkg-config orthanc orthanc-dicomweb dcmtk)
+apt_packages=(fuse3 iproute2 util-linux libfuse3-dev pkg-config orthanc orthanc-dicomweb dcmtk)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -52,6 +52,8 @@ def _options(raw: list[str]) -> dict[str, str]:
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s trolleyfs %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if level != "DEBUG":  # one line per request is debugging detail
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

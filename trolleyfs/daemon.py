@@ -39,7 +39,8 @@ def search_deadline(config: Config) -> float:
 
 
 def fuse_options(config: Config) -> set[str]:
-    options = set(pyfuse3.default_options) | {"ro", "fsname=trolleyfs", "subtype=trolleyfs"}
+    fsname = config.source.replace(",", "%2C")
+    options = set(pyfuse3.default_options) | {"ro", f"fsname={fsname}", "subtype=trolleyfs"}
     if config.allow_other:
         options.add("allow_other")
     return options

@@ -34,6 +34,8 @@ from trolleyfs.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
+STAT_NAMES = ("searches", "download_requests", "instances_downloaded", "bytes_downloaded", "cache_hits")
+
 
 class Trolley:
     def __init__(
@@ -50,7 +52,7 @@ class Trolley:
         self.downloader = downloader
         self.cache = cache
         self.search_deadline = search_deadline
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter(dict.fromkeys(STAT_NAMES, 0))
         self._answers: cachetools.TTLCache[Query, list[Study]] = cachetools.TTLCache(
             maxsize=4096, ttl=listing_ttl, timer=trio.current_time
         )

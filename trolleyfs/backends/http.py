@@ -23,7 +23,7 @@ from trolleyfs.errors import NotFound, PacsError, PacsProtocolError
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-_RAW_QUERY_CHARACTERS = "*?^-.,"
+_RAW_QUERY_CHARACTERS = "*?^-.,/"
 _MAX_BACKOFF = 5.0
 
 

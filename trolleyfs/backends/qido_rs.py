@@ -8,6 +8,7 @@ A series or instance query that names its study (and series) goes down the hiera
 from __future__ import annotations
 
 import json
+import re
 
 from trolleyfs.backends.dicom_json import record_from_dicom_json
 from trolleyfs.backends.http import HttpSession, build_url
@@ -15,13 +16,16 @@ from trolleyfs.errors import PacsProtocolError
 from trolleyfs.model import Query, QueryLevel, Study, build_studies
 from pydicom.datadict import tag_for_keyword
 
+_NOT_RAW = re.compile(r"[^A-Za-z0-9._~*?^-]")
 ACCEPT_JSON = {"Accept": "application/dicom+json"}
 
 # Asked for on every query, so that a directory listing can name and size its entries.
 DEFAULT_FIELDS = {
     QueryLevel.STUDY: ("PatientID", "PatientName", "StudyDate", "StudyDescription", "ModalitiesInStudy"),
     QueryLevel.SERIES: ("Modality", "SeriesNumber", "SeriesDescription"),
-    QueryLevel.INSTANCE: ("SOPClassUID", "InstanceNumber"),
+    QueryLevel.INSTANCE: (
+        "SOPClassUID", "InstanceNumber", "Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames",
+    ),
 }
 
 
@@ -33,7 +37,7 @@ class QidoRS:
 
     async def find_studies(self, query: Query) -> list[Study]:
         path, path_keys = _resource(query)
-        params = [(key, value) for key, value in query.matching_keys().items() if key not in path_keys]
+        params = [(key, _raw_safe(value)) for key, value in query.matching_keys().items() if key not in path_keys]
         params += [("includefield", f"{tag_for_keyword(name):08X}") for name in _fields(query)]
         records: list[dict] = []
         offset = 0
@@ -74,6 +78,13 @@ def _resource(query: Query) -> tuple[str, set[str]]:
     if hierarchical_study:
         return f"studies/{study}/instances", {"StudyInstanceUID"}
     return "instances", set()
+
+
+def _raw_safe(value: str) -> str:
+    """Orthanc does not percent-decode query strings, so a character that cannot travel raw would
+    never match: it is sent as the single-character wildcard ``?`` instead. The answer is then a
+    superset, which callers needing an exact match (the filesystem's PatientID lookup) filter."""
+    return _NOT_RAW.sub("?", value)
 
 
 def _fields(query: Query) -> list[str]:

@@ -26,10 +26,10 @@ class WadoURI:
                 ("contentType", "application/dicom"),
             ],
         )
-        async with self.session.stream(url) as response:
+        async with self.session.stream(url, {"Accept-Encoding": "identity"}) as response:
             content_type = response.headers.get("content-type", "")
             if not content_type.startswith("application/dicom"):
                 raise PacsProtocolError(f"WADO-URI {url}: answer of type {content_type!r}, not application/dicom")
             async with sink.receive(reference.instance_uid) as writer:
-                async for chunk in response.aiter_raw():
+                async for chunk in response.aiter_bytes():
                     await writer.write(chunk)

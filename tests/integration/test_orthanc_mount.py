@@ -1,0 +1,220 @@
+"""trolleyfs over a real Orthanc, through a real kernel mount."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.conftest import need_tool
+from trolleyfs.fs.tree import patient_dir_name
+
+DOWNLOADERS = {
+    "wado-rs": lambda orthanc: {},
+    "wado-uri": lambda orthanc: {"downloader": "wado-uri", "wado_uri_url": orthanc.wado_uri_url},
+}
+
+
+def uid_of(name: str) -> str:
+    return name.removesuffix(".dcm").rsplit("_", 1)[-1]
+
+
+def tree_of(mounted) -> set[tuple[str, str, str, str]]:
+    return {
+        (path.parts[-4], uid_of(path.parts[-3]), uid_of(path.parts[-2]), uid_of(path.name))
+        for path in mounted.files()
+    }
+
+
+def expected_tree(instances: list[dict]) -> set[tuple[str, str, str, str]]:
+    return {
+        (patient_dir_name(i["PatientID"]), i["StudyInstanceUID"], i["SeriesInstanceUID"], i["SOPInstanceUID"])
+        for i in instances
+    }
+
+
+def path_of(mounted, instance: dict) -> Path:
+    matches = [p for p in mounted.files() if uid_of(p.name) == instance["SOPInstanceUID"]]
+    assert len(matches) == 1
+    return matches[0]
+
+
+def test_tree_matches_orthanc_exactly(mount, orthanc, orthanc_instances):
+    mounted = mount(orthanc.dicomweb_url)
+    assert len(mounted.files()) == len(orthanc_instances) == 120
+    assert tree_of(mounted) == expected_tree(orthanc_instances)
+    assert sorted(p.name for p in mounted.patients.iterdir()) == sorted(
+        {patient_dir_name(i["PatientID"]) for i in orthanc_instances}
+    )
+
+
+@pytest.mark.parametrize("downloader", DOWNLOADERS)
+def test_every_file_equals_orthanc_stored_bytes(mount, orthanc, orthanc_instances, downloader):
+    mounted = mount(orthanc.dicomweb_url, **DOWNLOADERS[downloader](orthanc))
+    by_uid = {uid_of(p.name): p for p in mounted.files()}
+    for instance in orthanc_instances:
+        expected = hashlib.sha256(orthanc.file(instance["id"])).hexdigest()
+        actual = hashlib.sha256(by_uid[instance["SOPInstanceUID"]].read_bytes()).hexdigest()
+        assert actual == expected, instance["SOPInstanceUID"]
+    assert mounted.stats()["instances_downloaded"] == len(orthanc_instances)
+
+
+def test_ls_lR_and_find_download_nothing(mount, orthanc, orthanc_instances):
+    mounted = mount(orthanc.dicomweb_url)
+    listing = subprocess.run(["ls", "-lR", str(mounted.path)], capture_output=True, text=True, check=True)
+    assert listing.stdout.count(".dcm") == len(orthanc_instances)
+    subprocess.run(["find", str(mounted.path), "-name", "*.dcm", "-size", "+1k"], capture_output=True, check=True)
+    for path in mounted.files()[:5]:
+        os.stat(path)
+    stats = mounted.stats()
+    assert stats["download_requests"] == 0
+    assert stats["instances_downloaded"] == 0
+
+
+def test_second_read_is_served_from_the_cache(mount, orthanc, orthanc_instances):
+    mounted = mount(orthanc.dicomweb_url)
+    path = path_of(mounted, orthanc_instances[0])
+    first = path.read_bytes()
+    assert mounted.stats()["download_requests"] == 1
+    assert path.read_bytes() == first
+    stats = mounted.stats()
+    assert stats["download_requests"] == 1
+    assert stats["cache_hits"] >= 1
+
+
+def test_fstat_after_open_and_seek_to_end_give_the_true_size(mount, orthanc, orthanc_instances):
+    mounted = mount(orthanc.dicomweb_url)
+    instance = orthanc_instances[3]
+    expected = orthanc.file(instance["id"])
+    path = path_of(mounted, instance)
+    with open(path, "rb") as handle:
+        assert os.fstat(handle.fileno()).st_size == len(expected)
+        assert handle.seek(0, os.SEEK_END) == len(expected)
+        handle.seek(0)
+        assert handle.read() == expected
+    assert path.stat().st_size == len(expected)
+
+
+def test_dcmdump_and_pydicom_read_files_in_place(mount, orthanc, orthanc_instances):
+    dcmdump = need_tool("dcmdump")
+    mounted = mount(orthanc.dicomweb_url)
+    instance = orthanc_instances[5]
+    path = path_of(mounted, instance)
+    dump = subprocess.run([dcmdump, str(path)], capture_output=True, text=True, check=True).stdout
+    assert instance["SOPInstanceUID"] in dump
+    dataset = pydicom.dcmread(path)
+    assert dataset.SOPInstanceUID == instance["SOPInstanceUID"]
+    reference = pydicom.dcmread(pydicom.filebase.DicomBytesIO(orthanc.file(instance["id"])))
+    assert (dataset.pixel_array == reference.pixel_array).all()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["touch", "{dir}/new.dcm"],
+        ["mkdir", "{dir}/newdir"],
+        ["rm", "-f", "{file}"],
+        ["mv", "{file}", "{dir}/renamed.dcm"],
+        ["chmod", "600", "{file}"],
+        ["sh", "-c", "echo x >> '{file}'"],
+    ],
+)
+def test_changes_are_refused_with_erofs(mount, orthanc, command):
+    mounted = mount(orthanc.dicomweb_url)
+    file = mounted.files()[0]
+    argv = [part.format(dir=file.parent, file=file) for part in command]
+    result = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+    assert result.returncode != 0
+    assert "Read-only file system" in result.stderr
+    assert file.exists()
+
+
+def test_opening_for_write_gives_erofs(mount, orthanc):
+    mounted = mount(orthanc.dicomweb_url)
+    with pytest.raises(OSError) as raised:
+        open(mounted.files()[0], "r+b")
+    assert raised.value.errno == errno.EROFS
+
+
+def test_patient_is_found_by_patient_id_when_the_root_listing_is_empty(mount, orthanc, orthanc_instances):
+    mounted = mount(orthanc.dicomweb_url, root_listing_limit=0)
+    assert list(mounted.patients.iterdir()) == []
+    odd = next(i for i in orthanc_instances if i["PatientID"] == "ODD/ID 7")
+    patient_dir = mounted.patients / patient_dir_name("ODD/ID 7")
+    studies = sorted(uid_of(p.name) for p in patient_dir.iterdir())
+    assert odd["StudyInstanceUID"] in studies
+    assert not (mounted.patients / "NO-SUCH-PATIENT").exists()
+
+
+def test_stopped_pacs_gives_eio_in_time_and_the_mount_recovers(mount, orthanc, orthanc_instances):
+    mounted = mount(orthanc.dicomweb_url, timeout=2, retries=1)
+    files = mounted.files()
+    orthanc.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(OSError) as raised:
+            files[0].read_bytes()
+        assert raised.value.errno == errno.EIO
+        assert time.monotonic() - started < 10
+        assert os.path.ismount(mounted.path)
+    finally:
+        orthanc.start()
+    assert files[0].read_bytes()[128:132] == b"DICM"
+
+
+def test_restarted_daemon_reuses_its_cache(mount, orthanc, orthanc_instances):
+    first = mount(orthanc.dicomweb_url)
+    contents = {path.name: path.read_bytes() for path in first.files()[:6]}
+    assert first.unmount() == 0
+    second = mount(orthanc.dicomweb_url)
+    for path in second.files():
+        if path.name in contents:
+            assert path.read_bytes() == contents[path.name]
+    assert second.stats()["download_requests"] == 0
+    assert second.stats()["cache_files"] == 6
+
+
+def test_mount_without_f_returns_when_ready_and_umount_ends_the_daemon(orthanc, fuse_available, tmp_path):
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    command = [sys.executable, "-m", "trolleyfs", "mount", orthanc.dicomweb_url, str(mountpoint),
+               "-o", f"cache_dir={tmp_path / 'cache'}"]
+    subprocess.run(command, check=True, timeout=60)
+    try:
+        assert os.path.ismount(mountpoint)
+        assert len(list((mountpoint / "patients").iterdir())) == 3
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+    daemons = subprocess.run(["pgrep", "-f", f"trolleyfs mount .* {mountpoint}"], capture_output=True, text=True)
+    assert daemons.stdout.strip() == "" or _exits(daemons.stdout.split())
+    assert not os.path.ismount(mountpoint)
+
+
+def _exits(pids: list[str], timeout: float = 30) -> bool:
+    for pid in pids:
+        try:
+            os.waitpid(int(pid), 0)
+        except ChildProcessError:
+            deadline = time.monotonic() + timeout
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+    return all(not Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def test_sigterm_unmounts_a_foreground_daemon_cleanly(mount, orthanc):
+    mounted = mount(orthanc.dicomweb_url)
+    mounted.process.terminate()
+    assert mounted.process.wait(30) == 0
+    assert not os.path.ismount(mounted.path)
+
+
+def test_fusermount_u_ends_the_daemon_cleanly(mount, orthanc):
+    mounted = mount(orthanc.dicomweb_url)
+    assert mounted.unmount() == 0

@@ -1,0 +1,86 @@
+"""Real kernel mounts of trolleyfs for tests: each daemon runs in its own process.
+
+A process that reads through a mount it serves itself would deadlock, so the test process only
+reads, and ``python -m trolleyfs mount ... -f`` serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import select
+from pathlib import Path
+
+from trolleyfs.daemon import READY, READY_FD_ENV
+
+
+class Mounted:
+    def __init__(self, path: Path, process: subprocess.Popen, log: Path) -> None:
+        self.path = path
+        self.process = process
+        self.log = log
+
+    @property
+    def patients(self) -> Path:
+        return self.path / "patients"
+
+    def stats(self) -> dict:
+        return json.loads((self.path / ".trolleyfs" / "stats").read_text())
+
+    def files(self) -> list[Path]:
+        return sorted(self.patients.rglob("*.dcm"))
+
+    def unmount(self, timeout: float = 30) -> int:
+        """``fusermount3 -u``, then the daemon's exit status."""
+        if self.process.poll() is None:
+            subprocess.run(["fusermount3", "-u", str(self.path)], check=False, capture_output=True)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            subprocess.run(["fusermount3", "-uz", str(self.path)], check=False, capture_output=True)
+            raise
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class MountFactory:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.mounts: list[Mounted] = []
+        self.cache_dir = tmp_path / "cache"
+
+    def __call__(self, source: str, timeout: float = 30, **options: object) -> Mounted:
+        """Mount ``source`` in a new daemon process and wait until the mount answers."""
+        index = len(self.mounts)
+        path = self.tmp_path / f"mnt{index}"
+        path.mkdir()
+        log = self.tmp_path / f"daemon{index}.log"
+        options = {"cache_dir": self.cache_dir, "log_level": "DEBUG", **options}
+        option_text = ",".join(f"{key}={value}" for key, value in options.items())
+        read_end, write_end = os.pipe()
+        with open(log, "ab") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "trolleyfs", "mount", source, str(path), "-f", "-o", option_text],
+                stdout=output,
+                stderr=output,
+                env={**os.environ, READY_FD_ENV: str(write_end)},
+                pass_fds=(write_end,),
+            )
+        os.close(write_end)
+        mounted = Mounted(path, process, log)
+        self.mounts.append(mounted)
+        with os.fdopen(read_end, "rb") as ready:
+            answered, _, _ = select.select([ready], [], [], timeout)
+            answer = ready.read() if answered else b""
+        if answer != READY or not os.path.ismount(path):
+            raise RuntimeError(f"mount not ready ({answer!r}):\n{mounted.log_text()}")
+        return mounted
+
+    def unmount_all(self) -> None:
+        for mounted in self.mounts:
+            mounted.unmount()

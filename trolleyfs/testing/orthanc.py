@@ -1,0 +1,144 @@
+"""A real Orthanc PACS as a child process, for the integration tests and the benchmarks.
+
+Orthanc 1.10 cannot be told to listen on loopback only; run the tests in a private network
+namespace (the test command does: ``unshare -n``) so that it is reachable from this machine alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import httpx
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def orthanc_missing() -> str | None:
+    """Why Orthanc cannot run here, or None."""
+    if shutil.which("Orthanc") is None:
+        return "Orthanc is not installed (apt-get install orthanc)"
+    if not DICOMWEB_PLUGIN.exists():
+        return "the Orthanc DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)"
+    return None
+
+
+class Orthanc:
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None) -> None:
+        self.workdir = workdir
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.aet = aet
+        self.modalities = modalities or {}
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    @property
+    def wado_uri_url(self) -> str:
+        return f"{self.url}/wado"
+
+    def _write_config(self) -> Path:
+        config = {
+            "Name": "trolleyfs-test",
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "index"),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowGet": True,
+            "DicomAlwaysAllowMove": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomModalities": self.modalities,
+            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "DicomWeb": {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "EnableWado": True,
+                "WadoRoot": "/wado",
+                "StudiesMetadata": "Full",
+                "SeriesMetadata": "Full",
+            },
+        }
+        path = self.workdir / "orthanc.json"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2))
+        return path
+
+    def start(self, timeout: float = 60.0) -> Orthanc:
+        config = self._write_config()
+        log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self._process = subprocess.Popen(
+            ["Orthanc", str(config)], stdout=log, stderr=log, env={**os.environ, "TCP_NODELAY": "1"}
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self._process.returncode}; see {self.workdir}/orthanc.log")
+            try:
+                if httpx.get(f"{self.url}/system", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"Orthanc did not answer within {timeout}s")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def upload(self, files: Iterable[bytes]) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            for data in files:
+                response = client.post("/instances", content=data)
+                response.raise_for_status()
+
+    def instances(self) -> list[dict]:
+        """Every stored instance with its UIDs, PatientID, Orthanc id and file size."""
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            result = []
+            for orthanc_id in client.get("/instances").json():
+                tags = client.get(f"/instances/{orthanc_id}/simplified-tags").json()
+                result.append(
+                    {
+                        "id": orthanc_id,
+                        "PatientID": tags.get("PatientID", ""),
+                        "StudyInstanceUID": tags["StudyInstanceUID"],
+                        "SeriesInstanceUID": tags["SeriesInstanceUID"],
+                        "SOPInstanceUID": tags["SOPInstanceUID"],
+                    }
+                )
+            return result
+
+    def file(self, orthanc_id: str) -> bytes:
+        response = httpx.get(f"{self.url}/instances/{orthanc_id}/file", timeout=60)
+        response.raise_for_status()
+        return response.content
