@@ -59,9 +59,14 @@ def orthanc_instances(orthanc: Orthanc) -> list[dict]:
     return orthanc.instances()
 
 
+@pytest.fixture(scope="session")
+def sample_files() -> list[bytes]:
+    return list(generate(SampleSpec()))
+
+
 @pytest.fixture
-def pacs():
-    with EmbeddedPacs(generate(SampleSpec())) as server:
+def pacs(sample_files: list[bytes]):
+    with EmbeddedPacs(sample_files) as server:
         yield server
 
 

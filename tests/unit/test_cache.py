@@ -1,0 +1,91 @@
+"""The disk cache: atomic publication, LRU bounds, pins, restart, damage."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+
+from trolleyfs.cache import InstanceCache
+from trolleyfs.errors import PacsProtocolError
+from trolleyfs.testing.data import SampleSpec, generate
+
+FILES = list(generate(SampleSpec(patients=(("P", "A^B"),), studies_per_patient=1, series_per_study=1,
+                                 instances_per_series=5)))
+SIZE = len(FILES[0])
+
+
+def uid(data: bytes) -> str:
+    import io
+
+    import pydicom
+
+    return str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+
+
+async def put(cache: InstanceCache, data: bytes, expected: str | None = None) -> None:
+    async with cache.receive(expected) as writer:
+        for start in range(0, len(data), 1000):
+            await writer.write(data[start : start + 1000])
+
+
+async def test_published_files_are_whole_and_the_directory_private(tmp_path):
+    cache = await InstanceCache.open(tmp_path / "c", max_bytes=10**9)
+    await put(cache, FILES[0])
+    entry = cache.get(uid(FILES[0]))
+    assert entry.path.read_bytes() == FILES[0]
+    assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o700
+
+
+async def test_a_failed_download_leaves_nothing(tmp_path):
+    cache = await InstanceCache.open(tmp_path / "c", max_bytes=10**9)
+    with pytest.raises(RuntimeError):
+        async with cache.receive() as writer:
+            await writer.write(FILES[0][:500])
+            raise RuntimeError("connection lost")
+    with pytest.raises(PacsProtocolError):
+        await put(cache, b"not dicom at all" * 100)
+    with pytest.raises(PacsProtocolError, match="asked for"):
+        await put(cache, FILES[1], expected=uid(FILES[2]))
+    assert len(cache) == 0 and cache.total_bytes == 0
+    assert list((tmp_path / "c" / "v1" / "tmp").iterdir()) == []
+
+
+async def test_least_recently_used_unpinned_entries_are_evicted_first(tmp_path):
+    cache = await InstanceCache.open(tmp_path / "c", max_bytes=3 * SIZE + 10)
+    for data in FILES[:3]:
+        await put(cache, data)
+    cache.pin(uid(FILES[0]))
+    cache.get(uid(FILES[1]))  # now FILES[2] is the least recently used unpinned entry
+    await put(cache, FILES[3])
+    assert cache.get(uid(FILES[2])) is None
+    assert all(cache.get(uid(data)) for data in (FILES[0], FILES[1], FILES[3]))
+    cache.unpin(uid(FILES[0]))
+    cache.get(uid(FILES[1]))
+    cache.get(uid(FILES[3]))
+    await put(cache, FILES[4])
+    assert cache.get(uid(FILES[0])) is None
+    assert cache.total_bytes <= cache.max_bytes
+
+
+async def test_the_index_survives_a_restart_and_damaged_files_are_dropped(tmp_path):
+    cache = await InstanceCache.open(tmp_path / "c", max_bytes=10**9)
+    for data in FILES[:3]:
+        await put(cache, data)
+    damaged = cache.get(uid(FILES[1])).path
+    damaged.write_bytes(FILES[1][:100])  # as a crash before the data reached the disk would leave it
+    (tmp_path / "c" / "v1" / "tmp" / "leftover.part").write_bytes(b"half")
+    reopened = await InstanceCache.open(tmp_path / "c", max_bytes=10**9)
+    assert reopened.get(uid(FILES[0])).path.read_bytes() == FILES[0]
+    assert reopened.get(uid(FILES[1])) is None
+    assert len(reopened) == 2 and reopened.total_bytes == 2 * SIZE
+    assert list((tmp_path / "c" / "v1" / "tmp").iterdir()) == []
+
+
+async def test_a_smaller_bound_at_restart_evicts_down_to_it(tmp_path):
+    cache = await InstanceCache.open(tmp_path / "c", max_bytes=10**9)
+    for data in FILES:
+        await put(cache, data)
+    reopened = await InstanceCache.open(tmp_path / "c", max_bytes=2 * SIZE)
+    assert len(reopened) == 2
+    assert reopened.get(uid(FILES[4])) is not None  # most recent survive

@@ -1,0 +1,162 @@
+"""The filesystem core over the embedded PACS: real HTTP on 127.0.0.1, no FUSE."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import trio
+
+from tests.unit.helpers import all_files, filesystem_over, listdir, read_all, walk
+from trolleyfs.errors import NotFound, PacsError, ReadOnly, TrolleyError
+from trolleyfs.fs.tree import patient_dir_name
+from trolleyfs.model import SeriesReference
+from trolleyfs.testing.data import SampleSpec, generate
+from trolleyfs.testing.pacs import EmbeddedPacs
+
+
+def expected_paths(pacs: EmbeddedPacs) -> set[tuple[str, str, str, str]]:
+    return {
+        (patient_dir_name(i.value("PatientID")), i.value("StudyInstanceUID"), i.value("SeriesInstanceUID"),
+         i.value("SOPInstanceUID"))
+        for i in pacs.instances.values()
+    }
+
+
+def uids(path: str) -> tuple[str, str, str, str]:
+    _, _, patient, study, series, name = path.split("/")
+    return patient, study.rsplit("_", 1)[1], series.rsplit("_", 1)[1], name[:-4].rsplit("_", 1)[1]
+
+
+async def test_tree_lists_every_instance_without_downloading_any(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path) as fs:
+        files = await all_files(fs)
+        assert {uids(path) for path in files} == expected_paths(pacs)
+        for node in files.values():
+            fs.getattr(node.inode)
+    assert pacs.count("wado-rs") == 0
+    assert pacs.count("wado-uri") == 0
+
+
+@pytest.mark.parametrize("downloader", ["wado-rs", "wado-uri"])
+async def test_reads_return_the_stored_bytes_and_open_sets_the_true_size(pacs, tmp_path, downloader):
+    async with filesystem_over(pacs, tmp_path, downloader=downloader, wado_uri_url=pacs.wado_uri_url) as fs:
+        files = await all_files(fs)
+        for path, node in list(files.items())[:6]:
+            stored = pacs.instances[uids(path)[3]].data
+            assert await read_all(fs, node.inode) == stored
+            assert fs.getattr(node.inode).size == len(stored)
+            assert fs.getattr(node.inode).size_exact
+
+
+async def test_concurrent_opens_of_one_file_share_one_download(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path) as fs:
+        node = next(iter((await all_files(fs)).values()))
+        results = []
+
+        async def reader() -> None:
+            results.append(await read_all(fs, node.inode))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(reader)
+        assert len(set(results)) == 1 and len(results) == 8
+    assert pacs.count("wado-rs") == 1
+
+
+async def test_listings_are_cached_for_the_ttl(pacs, tmp_path, mock_clock):
+    async with filesystem_over(pacs, tmp_path, listing_ttl=60) as fs:
+        patients = await walk(fs, "/patients")
+        await listdir(fs, patients.inode)
+        await listdir(fs, patients.inode)
+        assert pacs.count("qido") == 1
+        mock_clock.jump(61)
+        await listdir(fs, patients.inode)
+        assert pacs.count("qido") == 2
+
+
+async def test_patient_found_by_id_when_root_listing_is_off(tmp_path):
+    odd_ids = ("A/B 1", ".hidden", "..", "", "x*y?", "100%")
+    spec = SampleSpec(patients=tuple((pid, "ODD^NAME") for pid in odd_ids), studies_per_patient=1,
+                      series_per_study=1, instances_per_series=1)
+    with EmbeddedPacs(generate(spec)) as pacs:
+        async with filesystem_over(pacs, tmp_path, root_listing_limit=0) as fs:
+            patients = await walk(fs, "/patients")
+            assert await listdir(fs, patients.inode) == {}
+            for pid in odd_ids:
+                name = patient_dir_name(pid)
+                assert "/" not in name and "\0" not in name and name not in (".", "..")
+                assert not name.startswith(".")
+                node = await fs.lookup(patients.inode, name)
+                studies = await listdir(fs, node.inode)
+                assert len(studies) == 1, pid
+            with pytest.raises(NotFound):
+                await fs.lookup(patients.inode, "NOPE")
+            with pytest.raises(NotFound):
+                await fs.lookup(patients.inode, "A%2FB%201")  # not the canonical spelling
+
+
+async def test_wado_uri_download_asks_for_instance_uids_once_per_series(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path, downloader="wado-uri", wado_uri_url=pacs.wado_uri_url) as fs:
+        some = next(iter(pacs.instances.values()))
+        reference = SeriesReference(study_uid=some.value("StudyInstanceUID"), series_uid=some.value("SeriesInstanceUID"))
+        await fs.trolley.download(reference)
+        assert pacs.count("qido") == 1
+        assert pacs.count("wado-uri") == 10
+        await fs.trolley.download(reference)
+        assert pacs.count("qido") == 1
+        assert pacs.count("wado-uri") == 10
+
+
+async def test_writes_are_refused_with_erofs(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path) as fs:
+        node = next(iter((await all_files(fs)).values()))
+        with pytest.raises(ReadOnly) as raised:
+            await fs.open(node.inode, writable=True)
+        assert raised.value.errno == errno.EROFS
+
+
+async def test_a_5xx_is_retried(pacs, tmp_path):
+    pacs.faults.add("wado-rs", "status", status=503, count=1)
+    async with filesystem_over(pacs, tmp_path) as fs:
+        node = next(iter((await all_files(fs)).values()))
+        assert (await read_all(fs, node.inode))[128:132] == b"DICM"
+    assert pacs.count("wado-rs") == 2
+
+
+@pytest.mark.parametrize("kind", ["qido", "wado-rs"])
+@pytest.mark.parametrize("action", ["garbage", "hang", "status"])
+async def test_a_failing_pacs_gives_eio_in_bounded_time_then_recovers(pacs, tmp_path, kind, action):
+    async with filesystem_over(pacs, tmp_path, timeout=0.5, retries=1) as fs:
+        patients = await walk(fs, "/patients")
+        pacs.faults.add(kind, action, status=500)
+        with trio.fail_after(10):
+            with pytest.raises(TrolleyError) as raised:
+                if kind == "qido":
+                    await listdir(fs, patients.inode)
+                else:
+                    node = next(iter((await all_files(fs)).values()))
+                    await read_all(fs, node.inode)
+        assert raised.value.errno == errno.EIO
+        pacs.faults.clear()
+        fs.trolley.forget_searches()
+        node = next(iter((await all_files(fs)).values()))
+        assert (await read_all(fs, node.inode))[128:132] == b"DICM"
+
+
+async def test_a_transfer_cut_off_midway_is_never_served(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path) as fs:
+        some = next(iter(pacs.instances.values()))
+        reference = SeriesReference(study_uid=some.value("StudyInstanceUID"), series_uid=some.value("SeriesInstanceUID"))
+        pacs.faults.add("wado-rs", "truncate", count=1)
+        with pytest.raises(PacsError):
+            await fs.trolley.download(reference)
+        cached = [uid for uid in pacs.instances if fs.trolley.cache.get(uid)]
+        assert all(fs.trolley.cache.get(uid).size == len(pacs.instances[uid].data) for uid in cached)
+        assert len(cached) < 10
+        assert not list((fs.trolley.cache.root / "v1" / "tmp").iterdir())
+        await fs.trolley.download(reference)
+        files = await all_files(fs)
+        for path, node in files.items():
+            if uids(path)[2] == reference.series_uid:
+                assert await read_all(fs, node.inode) == pacs.instances[uids(path)[3]].data

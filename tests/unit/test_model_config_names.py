@@ -1,0 +1,111 @@
+"""Query validation, configuration precedence, naming rules and URL building."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from pydantic import ValidationError
+
+from trolleyfs.backends.http import build_url
+from trolleyfs.config import load_config, parse_size
+from trolleyfs.errors import ConfigError
+from trolleyfs.fs.tree import (
+    instance_file_name,
+    patient_dir_name,
+    patient_id_from_name,
+    series_dir_name,
+    study_dir_name,
+    unique_names,
+)
+from trolleyfs.model import Query, QueryLevel, build_studies
+
+SOURCE = "http://127.0.0.1:8042/dicom-web"
+
+
+def test_query_rejects_unknown_fields_and_keywords():
+    with pytest.raises(ValidationError, match="PatientNmae"):
+        Query(PatientNmae="DOE*")
+    with pytest.raises(ValidationError, match="NotAKeyword"):
+        Query(include_fields=["StudyDescription", "NotAKeyword"])
+    with pytest.raises(ValidationError, match="after"):
+        Query(min_study_date=datetime.date(2024, 2, 1), max_study_date=datetime.date(2024, 1, 1))
+
+
+def test_query_matching_keys_pass_wildcards_and_date_ranges():
+    query = Query(PatientName="DOE*", min_study_date=datetime.date(2024, 3, 1), query_level="SERIES")
+    assert query.matching_keys() == {"PatientName": "DOE*", "StudyDate": "20240301-"}
+    assert query.query_level is QueryLevel.SERIES
+
+
+def test_build_studies_links_children_to_parents():
+    records = [
+        {"StudyInstanceUID": "1", "SeriesInstanceUID": "1.1", "SOPInstanceUID": "1.1.1", "PatientID": "P",
+         "Modality": "CT", "InstanceNumber": 1},
+        {"StudyInstanceUID": "1", "SeriesInstanceUID": "1.1", "SOPInstanceUID": "1.1.2"},
+    ]
+    (study,) = build_studies(records, QueryLevel.INSTANCE)
+    (series,) = study.series
+    assert [i.uid for i in series.instances] == ["1.1.1", "1.1.2"]
+    assert series.instances[0].parent is series and series.parent is study
+    assert study.attributes["PatientID"] == "P" and series.attributes["Modality"] == "CT"
+    assert series.instances[1].reference.series_uid == "1.1"
+
+
+def test_sizes_parse_with_units():
+    assert parse_size("2G") == 2 * 1024**3
+    assert parse_size("500M") == 500 * 1024**2
+    assert parse_size("1.5K") == 1536
+    assert parse_size(4096) == 4096
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def test_config_precedence_is_cli_then_file_then_environment(tmp_path):
+    toml = tmp_path / "trolleyfs.toml"
+    toml.write_text('timeout = 7.0\ncache_size = "1G"\nretries = 5\n')
+    environ = {"TROLLEYFS_TIMEOUT": "3", "TROLLEYFS_RETRIES": "1", "TROLLEYFS_LISTING_TTL": "9"}
+    config = load_config({"source": SOURCE, "config": str(toml), "retries": "4"}, environ)
+    assert config.retries == 4  # command line wins
+    assert config.timeout == 7.0  # file beats environment
+    assert config.cache_size == 1024**3
+    assert config.listing_ttl == 9  # environment beats the default
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ConfigError, match="bogus"):
+        load_config({"source": SOURCE, "bogus": "1"}, {})
+    with pytest.raises(ConfigError, match="wado_uri_url"):
+        load_config({"source": SOURCE, "downloader": "wado-uri"}, {})
+    with pytest.raises(ConfigError, match="source"):
+        load_config({"source": "ftp://x"}, {})
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config({"source": SOURCE, "config": "/nonexistent.toml"}, {})
+
+
+@pytest.mark.parametrize("pid", ["P1", "A/B", "..", ".", "", "x\0y", "%41", "a b*?\\", "ü/ñ", ".git", "~user"])
+def test_patient_names_are_safe_and_reversible(pid):
+    name = patient_dir_name(pid)
+    assert "/" not in name and "\0" not in name and name not in (".", "..") and not name.startswith(".")
+    assert not any(c in name for c in "*?\\")
+    assert patient_id_from_name(name) == pid
+
+
+def test_only_the_canonical_name_finds_a_patient():
+    assert patient_id_from_name("A%2FB") == "A/B"
+    assert patient_id_from_name("%41") is None  # would be "A", whose name is "A"
+    assert patient_id_from_name("%ff") is None
+
+
+def test_descriptive_names_are_safe_and_unique():
+    hostile = {"StudyDate": "2024/01/01", "StudyDescription": "../../etc\0passwd", "SeriesNumber": "x",
+               "Modality": "C/T", "InstanceNumber": "3"}
+    for name in (study_dir_name("1.2/3", hostile), series_dir_name("..", hostile), instance_file_name("1.2", hostile)):
+        assert "/" not in name and "\0" not in name and name not in (".", "..") and not name.startswith(".")
+    names = unique_names([("same", "2"), ("same", "1"), ("x.dcm", "3"), ("x.dcm", "4")])
+    assert names == {"same": "1", "same~2": "2", "x.dcm": "3", "x~2.dcm": "4"}
+
+
+def test_urls_keep_dicom_wildcards_raw():
+    url = build_url(SOURCE, "studies", [("PatientName", "DOE^J*"), ("x", "a b&c")])
+    assert url == f"{SOURCE}/studies?PatientName=DOE^J*&x=a%20b%26c"

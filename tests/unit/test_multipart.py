@@ -1,0 +1,53 @@
+"""The streaming multipart/related reader, fed in every possible chunking."""
+
+from __future__ import annotations
+
+import pytest
+
+from trolleyfs.backends.multipart import MultipartReader, boundary_of
+from trolleyfs.errors import PacsProtocolError
+
+BOUNDARY = "b0undary"
+PARTS = [b"\x00" * 7 + b"DICM first\r\n--b0und", b"second \r\n\r\n part", b""]
+
+
+def body(parts=PARTS, preamble=b"", padding=b"", close=True) -> bytes:
+    out = preamble
+    for part in parts:
+        out += f"--{BOUNDARY}".encode() + padding + b"\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n"
+    return out + (f"--{BOUNDARY}--\r\n".encode() if close else b"")
+
+
+async def parse(data: bytes, chunk: int) -> list[tuple[dict, bytes]]:
+    async def chunks():
+        for start in range(0, len(data), chunk):
+            yield data[start : start + chunk]
+
+    found = []
+    async for part in MultipartReader(chunks(), BOUNDARY).parts():
+        content = b"".join([piece async for piece in part.content])
+        found.append((part.headers, content))
+    return found
+
+
+async def test_parts_come_out_whole_however_the_body_is_chunked():
+    data = body(preamble=b"ignored preamble\r\n", padding=b"  ")
+    for chunk in range(1, len(data) + 1):
+        parts = await parse(data, chunk)
+        assert [content for _, content in parts] == PARTS, chunk
+        assert all(headers["content-type"] == "application/dicom" for headers, _ in parts)
+
+
+@pytest.mark.parametrize("data", [body(close=False), body()[:-30], b"", b"no delimiter at all"])
+async def test_a_cut_off_or_malformed_body_is_an_error(data):
+    with pytest.raises(PacsProtocolError):
+        await parse(data, 5)
+
+
+def test_boundary_is_read_from_the_content_type():
+    assert boundary_of('multipart/related; type="application/dicom"; boundary="a b"') == "a b"
+    assert boundary_of("multipart/related; boundary=xyz; type=application/dicom") == "xyz"
+    with pytest.raises(PacsProtocolError):
+        boundary_of("application/dicom")
+    with pytest.raises(PacsProtocolError):
+        boundary_of("multipart/related")
