@@ -54,7 +54,7 @@ class MountFactory:
         self.mounts: list[Mounted] = []
         self.cache_dir = tmp_path / "cache"
 
-    def __call__(self, source: str, timeout: float = 30, **options: object) -> Mounted:
+    def __call__(self, source: str, ready_timeout: float = 30, **options: object) -> Mounted:
         """Mount ``source`` in a new daemon process and wait until the mount answers."""
         index = len(self.mounts)
         path = self.tmp_path / f"mnt{index}"
@@ -75,7 +75,7 @@ class MountFactory:
         mounted = Mounted(path, process, log)
         self.mounts.append(mounted)
         with os.fdopen(read_end, "rb") as ready:
-            answered, _, _ = select.select([ready], [], [], timeout)
+            answered, _, _ = select.select([ready], [], [], ready_timeout)
             answer = ready.read() if answered else b""
         if answer != READY or not os.path.ismount(path):
             raise RuntimeError(f"mount not ready ({answer!r}):\n{mounted.log_text()}")

@@ -17,10 +17,12 @@ and ``start()`` (on the same port) make it go down and come back.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import re
+import socket
 import threading
 import uuid
 from collections import Counter
@@ -107,6 +109,7 @@ class EmbeddedPacs:
         self.faults = Faults()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self._connections: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
         self.port = 0
         for data in files:
@@ -146,10 +149,16 @@ class EmbeddedPacs:
         return self
 
     def stop(self) -> None:
+        """Go down like a stopped server: stop listening and drop every open connection."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> EmbeddedPacs:
         return self.start()
@@ -188,6 +197,17 @@ def _matches(instance: StoredInstance, filters: dict[str, str]) -> bool:
 class _Handler(BaseHTTPRequestHandler):
     pacs: EmbeddedPacs
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        with self.pacs._lock:
+            self.pacs._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.pacs._lock:
+            self.pacs._connections.discard(self.connection)
+        with contextlib.suppress(OSError):
+            super().finish()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         log.debug("embedded PACS: " + format, *args)

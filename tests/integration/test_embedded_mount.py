@@ -1,0 +1,90 @@
+"""Faults through a real kernel mount, with the embedded PACS (in this process) behind it."""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+
+def first_file(mounted):
+    return mounted.files()[0]
+
+
+@pytest.mark.parametrize("action", ["garbage", "truncate", "status"])
+def test_a_bad_answer_gives_eio_never_partial_bytes_and_the_mount_recovers(mount, pacs, action):
+    mounted = mount(pacs.dicomweb_url, timeout=2, retries=0)
+    path = first_file(mounted)
+    pacs.faults.add("wado-rs", action, status=500)
+    with pytest.raises(OSError) as raised:
+        path.read_bytes()
+    assert raised.value.errno == errno.EIO
+    assert mounted.stats()["cache_files"] == 0
+    pacs.faults.clear()
+    stored = next(i.data for uid, i in pacs.instances.items() if path.name[:-4].endswith(uid))
+    assert path.read_bytes() == stored
+
+
+def test_a_hanging_pacs_gives_eio_within_the_timeout_while_other_calls_go_on(mount, pacs):
+    mounted = mount(pacs.dicomweb_url, timeout=1, retries=0)
+    files = mounted.files()
+    pacs.faults.add("wado-rs", "hang")
+    outcome: dict[str, object] = {}
+
+    def read_hanging() -> None:
+        started = time.monotonic()
+        try:
+            files[0].read_bytes()
+        except OSError as exc:
+            outcome["errno"] = exc.errno
+        outcome["seconds"] = time.monotonic() - started
+
+    reader = threading.Thread(target=read_hanging)
+    reader.start()
+    assert len(list(mounted.patients.iterdir())) == 2  # the mount still answers meanwhile
+    reader.join(30)
+    pacs.faults.clear()
+    assert outcome["errno"] == errno.EIO
+    assert outcome["seconds"] < 5
+
+
+def test_a_stopped_pacs_gives_eio_for_new_listings_and_comes_back(mount, pacs):
+    mounted = mount(pacs.dicomweb_url, timeout=1, retries=0, listing_ttl=0)
+    assert len(list(mounted.patients.iterdir())) == 2
+    pacs.stop()
+    try:
+        with pytest.raises(OSError) as raised:
+            list(mounted.patients.iterdir())
+        assert raised.value.errno == errno.EIO
+    finally:
+        pacs.start()
+    assert len(list(mounted.patients.iterdir())) == 2
+
+
+def test_parallel_readers_of_one_file_cause_one_download(mount, pacs):
+    mounted = mount(pacs.dicomweb_url)
+    path = first_file(mounted)
+    results: list[bytes] = []
+    readers = [threading.Thread(target=lambda: results.append(path.read_bytes())) for _ in range(6)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(30)
+    assert len(results) == 6 and len(set(results)) == 1
+    assert pacs.count("wado-rs") == 1
+
+
+def test_cp_r_copies_a_series_exactly(mount, pacs, tmp_path):
+    mounted = mount(pacs.dicomweb_url)
+    series_dir = first_file(mounted).parent
+    shutil.copytree(series_dir, tmp_path / "copy")
+    names = sorted(p.name for p in series_dir.iterdir())
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == names
+    _, mismatch, errors = filecmp.cmpfiles(series_dir, tmp_path / "copy", names, shallow=False)
+    assert mismatch == [] and errors == []
+    assert subprocess.run(["cmp", str(series_dir / names[0]), str(tmp_path / "copy" / names[0])]).returncode == 0
