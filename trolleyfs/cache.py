@@ -153,6 +153,7 @@ class InstanceCache:
             if previous.path != final:
                 previous.path.unlink(missing_ok=True)
         self._index[key] = CachedFile(final, writer.size)
+        writer.uid = uid
         self.total_bytes += writer.size
         await self._evict()
 
@@ -185,6 +186,8 @@ class _Writer:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.size = 0
+        self.uid = ""
+        """The SOPInstanceUID, known once the file is published."""
         self._file = None
         self._pending = bytearray()
 

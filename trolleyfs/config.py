@@ -83,6 +83,9 @@ class Config(BaseModel):
     root_listing_limit: int = Field(default=1000, ge=0)
     """At most this many patients in a listing of ``/patients``; 0 lists none (a patient directory
     can always be opened by its PatientID)."""
+    readahead_max: Size = 512 * 1024**2
+    """Opening a file that is not cached yet also starts a background download of the rest of its
+    series, when the series is estimated at no more than this many bytes; 0 turns read-ahead off."""
     allow_other: bool = False
     """Let users other than the one who mounted read the filesystem (FUSE ``allow_other``)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -60,7 +60,13 @@ async def serve(config: Config, mountpoint: Path, on_ready: Callable[[], None] =
             listing_ttl=config.listing_ttl,
             search_deadline=search_deadline(config),
         )
-        filesystem = FileSystem(trolley, root_listing_limit=config.root_listing_limit, listing_ttl=config.listing_ttl)
+        await stack.enter_async_context(trolley.background_work())
+        filesystem = FileSystem(
+            trolley,
+            root_listing_limit=config.root_listing_limit,
+            listing_ttl=config.listing_ttl,
+            readahead_max=config.readahead_max,
+        )
         pyfuse3.init(FuseOperations(filesystem), str(mountpoint), fuse_options(config))
         try:
             log.info("mounted %s on %s (cache %s)", config.source, mountpoint, config.resolved_cache_dir)

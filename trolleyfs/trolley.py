@@ -6,6 +6,9 @@
   instance share one download.
 - ``download`` fetches whatever a reference names. When the downloader can only fetch single
   instances (NeedsInstances), the instance UIDs are asked of the searcher once per series.
+- ``read_ahead`` downloads a whole series in the background (inside ``background_work``); while
+  it runs, a request for one of its instances waits for that instance to arrive instead of
+  fetching it a second time, and falls back to its own download if the read-ahead ends without it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 import cachetools
 import trio
@@ -34,7 +38,15 @@ from trolleyfs.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
-STAT_NAMES = ("searches", "download_requests", "instances_downloaded", "bytes_downloaded", "cache_hits")
+STAT_NAMES = (
+    "searches", "download_requests", "instances_downloaded", "bytes_downloaded", "cache_hits", "read_aheads",
+)
+
+
+@dataclass
+class _ReadAhead:
+    waiters: dict[str, trio.Event] = field(default_factory=dict)
+    """Instances someone waits for, by SOPInstanceUID."""
 
 
 class Trolley:
@@ -59,6 +71,19 @@ class Trolley:
         self._searches: SingleFlight[list[Study]] = SingleFlight()
         self._downloads: SingleFlight[CachedFile] = SingleFlight()
         self._download_limiter = trio.CapacityLimiter(parallel_downloads)
+        self._read_aheads: dict[str, _ReadAhead] = {}
+        self._nursery: trio.Nursery | None = None
+
+    @asynccontextmanager
+    async def background_work(self) -> AsyncIterator[Trolley]:
+        """Let read-aheads run for as long as the block lasts; they are cancelled when it ends."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                yield self
+            finally:
+                self._nursery = None
+                nursery.cancel_scope.cancel()
 
     async def find_studies(self, query: Query) -> list[Study]:
         """The searcher's answer to ``query``, from the listing cache while it is fresh."""
@@ -81,6 +106,13 @@ class Trolley:
 
     async def instance_file(self, reference: InstanceReference) -> CachedFile:
         """The cached file of one instance, downloading it first if needed."""
+        while (read_ahead := self._read_aheads.get(reference.series_uid)) is not None:
+            if self.cache.get(reference.instance_uid) is not None:
+                break
+            await read_ahead.waiters.setdefault(reference.instance_uid, trio.Event()).wait()
+        return await self._cached_or_downloaded(reference)
+
+    async def _cached_or_downloaded(self, reference: InstanceReference) -> CachedFile:
         if (cached := self.cache.get(reference.instance_uid)) is not None:
             self.stats["cache_hits"] += 1
             return cached
@@ -93,6 +125,29 @@ class Trolley:
         if cached is None:
             raise PacsProtocolError(f"download of {reference.instance_uid} left nothing in the cache")
         return cached
+
+    def read_ahead(self, series: SeriesReference) -> None:
+        """Start downloading ``series`` in the background, unless that is already under way."""
+        if self._nursery is None or series.series_uid in self._read_aheads:
+            return
+        self._read_aheads[series.series_uid] = _ReadAhead()
+        self._nursery.start_soon(self._run_read_ahead, series)
+
+    async def _run_read_ahead(self, series: SeriesReference) -> None:
+        self.stats["read_aheads"] += 1
+        try:
+            await self.download(series)
+        except Exception as exc:  # a read-ahead is an optimisation: its failure must not end the mount
+            log.info("read-ahead of series %s failed: %s", series.series_uid, exc)
+        finally:
+            state = self._read_aheads.pop(series.series_uid)
+            for event in state.waiters.values():
+                event.set()
+
+    def _arrived(self, uid: str) -> None:
+        for state in self._read_aheads.values():
+            if (event := state.waiters.pop(uid, None)) is not None:
+                event.set()
 
     async def download(self, reference: Reference) -> None:
         """Make sure every instance ``reference`` names is in the cache."""
@@ -118,7 +173,7 @@ class Trolley:
         ]
         async with trio.open_nursery() as nursery:
             for instance in instances:
-                nursery.start_soon(self.instance_file, instance)
+                nursery.start_soon(self._cached_or_downloaded, instance)
 
     async def _fetch(self, reference: Reference) -> None:
         self.stats["download_requests"] += 1
@@ -137,3 +192,4 @@ class _CountingSink:
             yield writer
         self._trolley.stats["instances_downloaded"] += 1
         self._trolley.stats["bytes_downloaded"] += writer.size
+        self._trolley._arrived(writer.uid)

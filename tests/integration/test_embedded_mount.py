@@ -18,7 +18,7 @@ def first_file(mounted):
 
 @pytest.mark.parametrize("action", ["garbage", "truncate", "status"])
 def test_a_bad_answer_gives_eio_never_partial_bytes_and_the_mount_recovers(mount, pacs, action):
-    mounted = mount(pacs.dicomweb_url, timeout=2, retries=0)
+    mounted = mount(pacs.dicomweb_url, timeout=2, retries=0, readahead_max=0)
     path = first_file(mounted)
     pacs.faults.add("wado-rs", action, status=500)
     with pytest.raises(OSError) as raised:
@@ -67,7 +67,7 @@ def test_a_stopped_pacs_gives_eio_for_new_listings_and_comes_back(mount, pacs):
 
 
 def test_parallel_readers_of_one_file_cause_one_download(mount, pacs):
-    mounted = mount(pacs.dicomweb_url)
+    mounted = mount(pacs.dicomweb_url, readahead_max=0)
     path = first_file(mounted)
     results: list[bytes] = []
     readers = [threading.Thread(target=lambda: results.append(path.read_bytes())) for _ in range(6)]

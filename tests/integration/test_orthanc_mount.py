@@ -57,7 +57,7 @@ def test_tree_matches_orthanc_exactly(mount, orthanc, orthanc_instances):
 
 @pytest.mark.parametrize("downloader", DOWNLOADERS)
 def test_every_file_equals_orthanc_stored_bytes(mount, orthanc, orthanc_instances, downloader):
-    mounted = mount(orthanc.dicomweb_url, **DOWNLOADERS[downloader](orthanc))
+    mounted = mount(orthanc.dicomweb_url, readahead_max=0, **DOWNLOADERS[downloader](orthanc))
     by_uid = {uid_of(p.name): p for p in mounted.files()}
     for instance in orthanc_instances:
         expected = hashlib.sha256(orthanc.file(instance["id"])).hexdigest()
@@ -78,8 +78,19 @@ def test_ls_lR_and_find_download_nothing(mount, orthanc, orthanc_instances):
     assert stats["instances_downloaded"] == 0
 
 
-def test_second_read_is_served_from_the_cache(mount, orthanc, orthanc_instances):
+def test_series_read_ahead_gives_the_same_bytes_in_two_requests_per_series(mount, orthanc, orthanc_instances):
     mounted = mount(orthanc.dicomweb_url)
+    by_uid = {uid_of(p.name): p for p in mounted.files()}
+    for instance in orthanc_instances:
+        assert by_uid[instance["SOPInstanceUID"]].read_bytes() == orthanc.file(instance["id"])
+    series_count = len({i["SeriesInstanceUID"] for i in orthanc_instances})
+    stats = mounted.stats()
+    assert stats["read_aheads"] == series_count
+    assert stats["download_requests"] == 2 * series_count
+
+
+def test_second_read_is_served_from_the_cache(mount, orthanc, orthanc_instances):
+    mounted = mount(orthanc.dicomweb_url, readahead_max=0)
     path = path_of(mounted, orthanc_instances[0])
     first = path.read_bytes()
     assert mounted.stats()["download_requests"] == 1
@@ -170,10 +181,10 @@ def test_stopped_pacs_gives_eio_in_time_and_the_mount_recovers(mount, orthanc, o
 
 
 def test_restarted_daemon_reuses_its_cache(mount, orthanc, orthanc_instances):
-    first = mount(orthanc.dicomweb_url)
+    first = mount(orthanc.dicomweb_url, readahead_max=0)
     contents = {path.name: path.read_bytes() for path in first.files()[:6]}
     assert first.unmount() == 0
-    second = mount(orthanc.dicomweb_url)
+    second = mount(orthanc.dicomweb_url, readahead_max=0)
     for path in second.files():
         if path.name in contents:
             assert path.read_bytes() == contents[path.name]

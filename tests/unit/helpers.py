@@ -25,7 +25,11 @@ async def filesystem_over(pacs: EmbeddedPacs, cache_dir: Path, **options: object
             backends.searcher, backends.downloader, cache,
             listing_ttl=config.listing_ttl, search_deadline=search_deadline(config),
         )
-        yield FileSystem(trolley, root_listing_limit=config.root_listing_limit, listing_ttl=config.listing_ttl)
+        await stack.enter_async_context(trolley.background_work())
+        yield FileSystem(
+            trolley, root_listing_limit=config.root_listing_limit, listing_ttl=config.listing_ttl,
+            readahead_max=config.readahead_max,
+        )
 
 
 async def listdir(fs: FileSystem, inode: int) -> dict[str, Node]:

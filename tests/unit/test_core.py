@@ -50,7 +50,7 @@ async def test_reads_return_the_stored_bytes_and_open_sets_the_true_size(pacs, t
 
 
 async def test_concurrent_opens_of_one_file_share_one_download(pacs, tmp_path):
-    async with filesystem_over(pacs, tmp_path) as fs:
+    async with filesystem_over(pacs, tmp_path, readahead_max=0) as fs:
         node = next(iter((await all_files(fs)).values()))
         results = []
 
@@ -118,7 +118,7 @@ async def test_writes_are_refused_with_erofs(pacs, tmp_path):
 
 async def test_a_5xx_is_retried(pacs, tmp_path):
     pacs.faults.add("wado-rs", "status", status=503, count=1)
-    async with filesystem_over(pacs, tmp_path) as fs:
+    async with filesystem_over(pacs, tmp_path, readahead_max=0) as fs:
         node = next(iter((await all_files(fs)).values()))
         assert (await read_all(fs, node.inode))[128:132] == b"DICM"
     assert pacs.count("wado-rs") == 2
@@ -160,3 +160,29 @@ async def test_a_transfer_cut_off_midway_is_never_served(pacs, tmp_path):
         for path, node in files.items():
             if uids(path)[2] == reference.series_uid:
                 assert await read_all(fs, node.inode) == pacs.instances[uids(path)[3]].data
+
+
+@pytest.mark.parametrize("downloader", ["wado-rs", "wado-uri"])
+async def test_opening_one_file_reads_ahead_the_rest_of_its_series_once(pacs, tmp_path, downloader):
+    async with filesystem_over(pacs, tmp_path, downloader=downloader, wado_uri_url=pacs.wado_uri_url) as fs:
+        files = await all_files(fs)
+        first_path = next(iter(files))
+        series_uid = uids(first_path)[2]
+        in_series = {path: node for path, node in files.items() if uids(path)[2] == series_uid}
+        queries_before = pacs.count("qido")
+        for path, node in in_series.items():
+            assert await read_all(fs, node.inode) == pacs.instances[uids(path)[3]].data
+        if downloader == "wado-rs":
+            assert pacs.count("wado-rs") == 2  # the first file, then the series
+        else:
+            assert pacs.count("wado-uri") == len(in_series)  # each instance once: cached ones are skipped
+        assert pacs.count("qido") == queries_before  # the instance UIDs came from the listing cache
+        assert fs.trolley.stats["read_aheads"] == 1
+
+
+async def test_read_ahead_is_off_when_the_series_is_larger_than_readahead_max(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path, readahead_max="10K") as fs:
+        files = await all_files(fs)
+        await read_all(fs, next(iter(files.values())).inode)
+        assert fs.trolley.stats["read_aheads"] == 0
+        assert pacs.count("wado-rs") == 1

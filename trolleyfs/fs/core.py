@@ -32,7 +32,7 @@ from trolleyfs.fs.tree import (
     study_time,
     unique_names,
 )
-from trolleyfs.model import InstanceReference, Query, QueryLevel, Study
+from trolleyfs.model import Instance, InstanceReference, Query, QueryLevel, SeriesReference, Study
 from trolleyfs.trolley import Trolley
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,16 @@ class OpenFile:
 
 
 class FileSystem:
-    def __init__(self, trolley: Trolley, *, root_listing_limit: int = 1000, listing_ttl: float = 60.0) -> None:
+    def __init__(
+        self,
+        trolley: Trolley,
+        *,
+        root_listing_limit: int = 1000,
+        listing_ttl: float = 60.0,
+        readahead_max: int = 512 * 1024**2,
+    ) -> None:
         self.trolley = trolley
+        self.readahead_max = readahead_max
         self.root_listing_limit = root_listing_limit
         self.listing_ttl = listing_ttl
         self.inodes = InodeTable(mount_time=time.time())
@@ -103,66 +111,60 @@ class FileSystem:
         return node
 
     async def _children(self, node: Node) -> dict[str, Node]:
+        """A directory's entries, rebuilt only when the searcher's (cached) answer changes."""
         key = node.key
         if key.kind in _STATIC_CHILDREN:
             return {name: self.inodes.node_for(child) for name, child in _STATIC_CHILDREN[key.kind].items()}
-        if key.kind is Kind.PATIENTS:
-            return await self._patients()
-        if key.kind is Kind.PATIENT:
-            return await self._studies_of(key)
-        if key.kind is Kind.STUDY:
-            return await self._series_of(key)
-        if key.kind is Kind.SERIES:
-            return await self._instances_of(key)
-        raise NotFound(f"inode {node.inode} is not a directory")
-
-    async def _patients(self) -> dict[str, Node]:
-        if not self.root_listing_limit:
+        query = _listing_query(key, self.root_listing_limit)
+        if query is None:
             return {}
-        studies = await self.trolley.find_studies(Query(limit=self.root_listing_limit))
-        patient_ids = {_text(study.attributes.get("PatientID")) for study in studies}
+        answer = await self.trolley.find_studies(query)
+        if node.children is None or node.children_answer is not answer:
+            node.children = self._entries(key, answer)
+            node.children_answer = answer
+        return node.children
+
+    def _entries(self, key: NodeKey, answer: list[Study]) -> dict[str, Node]:
+        if key.kind is Kind.PATIENTS:
+            return self._patient_entries(answer)
+        if key.kind is Kind.PATIENT:
+            return self._study_entries(key, [s for s in answer if _text(s.attributes.get("PatientID")) == key.patient_id])
+        study = _only_study(answer, key.study_uid)
+        if study is None:
+            return {}
+        if key.kind is Kind.STUDY:
+            return self._series_entries(key, study)
+        series = next((s for s in study.series if s.uid == key.series_uid), None)
+        return self._instance_entries(key, study, series.instances if series else [])
+
+    def _patient_entries(self, studies: list[Study]) -> dict[str, Node]:
+        patient_ids = sorted({_text(study.attributes.get("PatientID")) for study in studies})
         return {
-            patient_dir_name(pid): self.inodes.node_for(NodeKey(Kind.PATIENT, patient_id=pid))
-            for pid in sorted(patient_ids)
+            patient_dir_name(pid): self.inodes.node_for(NodeKey(Kind.PATIENT, patient_id=pid)) for pid in patient_ids
         }
 
-    async def _studies_of(self, key: NodeKey) -> dict[str, Node]:
-        studies = [
-            study
-            for study in await self.trolley.find_studies(Query(PatientID=key.patient_id))
-            if _text(study.attributes.get("PatientID")) == key.patient_id
-        ]
+    def _study_entries(self, key: NodeKey, studies: list[Study]) -> dict[str, Node]:
         by_uid = {study.uid: study for study in studies}
         names = unique_names([(study_dir_name(study.uid, study.attributes), study.uid) for study in studies])
         return {
-            name: self.inodes.node_for(
-                NodeKey(Kind.STUDY, patient_id=key.patient_id, study_uid=uid), study_time(by_uid[uid].attributes)
-            )
+            name: self.inodes.node_for(_child(key, Kind.STUDY, study_uid=uid), study_time(by_uid[uid].attributes))
             for name, uid in names.items()
         }
 
-    async def _series_of(self, key: NodeKey) -> dict[str, Node]:
-        query = Query(StudyInstanceUID=key.study_uid, query_level=QueryLevel.SERIES)
-        study = _only_study(await self.trolley.find_studies(query), key.study_uid)
-        mtime = study_time(study.attributes) if study else None
-        series = {s.uid: s for s in study.series} if study else {}
-        names = unique_names([(series_dir_name(uid, s.attributes), uid) for uid, s in series.items()])
+    def _series_entries(self, key: NodeKey, study: Study) -> dict[str, Node]:
+        mtime = study_time(study.attributes)
+        names = unique_names([(series_dir_name(s.uid, s.attributes), s.uid) for s in study.series])
         return {name: self.inodes.node_for(_child(key, Kind.SERIES, series_uid=uid), mtime) for name, uid in names.items()}
 
-    async def _instances_of(self, key: NodeKey) -> dict[str, Node]:
-        query = Query(
-            StudyInstanceUID=key.study_uid, SeriesInstanceUID=key.series_uid, query_level=QueryLevel.INSTANCE
-        )
-        study = _only_study(await self.trolley.find_studies(query), key.study_uid)
-        series = next((s for s in study.series if s.uid == key.series_uid), None) if study else None
-        instances = {i.uid: i for i in series.instances} if series else {}
-        names = unique_names([(instance_file_name(uid, i.attributes), uid) for uid, i in instances.items()])
-        mtime = study_time(study.attributes) if study else None
+    def _instance_entries(self, key: NodeKey, study: Study, instances: list[Instance]) -> dict[str, Node]:
+        by_uid = {instance.uid: instance for instance in instances}
+        names = unique_names([(instance_file_name(i.uid, i.attributes), i.uid) for i in instances])
+        mtime = study_time(study.attributes)
         children = {}
         for name, uid in names.items():
             node = self.inodes.node_for(_child(key, Kind.INSTANCE, instance_uid=uid), mtime)
             if not node.size_exact:
-                node.size = _estimated_size(instances[uid].attributes)
+                node.size = _estimated_size(by_uid[uid].attributes)
             children[name] = self.getattr(node.inode)
         return children
 
@@ -202,7 +204,10 @@ class FileSystem:
         reference = InstanceReference(
             study_uid=key.study_uid, series_uid=key.series_uid, instance_uid=key.instance_uid
         )
+        was_cached = node.size_exact and self.trolley.cache.get(key.instance_uid) is not None
         cached = await self.trolley.instance_file(reference)
+        if not was_cached:
+            self._maybe_read_ahead(key, cached.size)
         self.trolley.cache.pin(key.instance_uid)
         try:
             fd = await trio.to_thread.run_sync(os.open, cached.path, os.O_RDONLY, limiter=_read_limiter)
@@ -212,6 +217,15 @@ class FileSystem:
         node.size, node.size_exact = cached.size, True
         self._open_files[handle] = OpenFile(node, fd=fd)
         return handle, False
+
+    def _maybe_read_ahead(self, key: NodeKey, file_size: int) -> None:
+        """After a file had to be downloaded, fetch the rest of its series in the background when
+        the series (as estimated from its listing) fits within ``readahead_max``."""
+        series = self.inodes.node_for(_child(key, Kind.SERIES, series_uid=key.series_uid))
+        siblings = list((series.children or {}).values())
+        estimate = sum(node.size or file_size for node in siblings)
+        if len(siblings) > 1 and estimate <= self.readahead_max:
+            self.trolley.read_ahead(SeriesReference(study_uid=key.study_uid, series_uid=key.series_uid))
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         open_file = self._open_files[handle]
@@ -249,10 +263,25 @@ def _child(parent: NodeKey, kind: Kind, **uids: str) -> NodeKey:
     return NodeKey(
         kind,
         patient_id=parent.patient_id,
-        study_uid=parent.study_uid,
+        study_uid=uids.get("study_uid", parent.study_uid),
         series_uid=uids.get("series_uid", parent.series_uid),
         instance_uid=uids.get("instance_uid", ""),
     )
+
+
+def _listing_query(key: NodeKey, root_listing_limit: int) -> Query | None:
+    """The searcher query whose answer lists a directory; None for one that lists nothing."""
+    if key.kind is Kind.PATIENTS:
+        return Query(limit=root_listing_limit) if root_listing_limit else None
+    if key.kind is Kind.PATIENT:
+        return Query(PatientID=key.patient_id)
+    if key.kind is Kind.STUDY:
+        return Query(StudyInstanceUID=key.study_uid, query_level=QueryLevel.SERIES)
+    if key.kind is Kind.SERIES:
+        return Query(
+            StudyInstanceUID=key.study_uid, SeriesInstanceUID=key.series_uid, query_level=QueryLevel.INSTANCE
+        )
+    return None
 
 
 def _only_study(studies: list[Study], uid: str) -> Study | None:

@@ -143,7 +143,10 @@ class Node:
     size: int = 0
     """Of a file: exact once downloaded, before that an estimate (see docs/semantics.md)."""
     size_exact: bool = False
-    children: dict[str, NodeKey] | None = field(default=None, repr=False)
+    children: dict[str, Node] | None = field(default=None, repr=False)
+    """Of a directory: its entries, built from ``children_answer``."""
+    children_answer: object = field(default=None, repr=False)
+    """The searcher answer ``children`` was built from; a new answer means a rebuild."""
 
     @property
     def mode(self) -> int:

@@ -203,6 +203,12 @@ class _Handler(BaseHTTPRequestHandler):
         with self.pacs._lock:
             self.pacs._connections.add(self.connection)
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ConnectionError, TimeoutError):  # the client went away: nothing to answer
+            self.close_connection = True
+
     def finish(self) -> None:
         with self.pacs._lock:
             self.pacs._connections.discard(self.connection)

@@ -1,0 +1,111 @@
+"""Benchmark: reading a 200-slice 512x512 CT series through trolleyfs versus the direct route.
+
+Starts a real Orthanc with the series, then, in the same run and for several rounds:
+
+- direct:   one WADO-RS series request with httpx, body streamed to a file (the floor);
+- list:     ``find`` over the mount (searches only, no instance bytes);
+- cold cat: ``cat`` of every file of the series through a fresh mount with an empty cache;
+- warm cat: the same again on the same mount (kernel page cache and disk cache warm);
+- restart:  ``cat`` after remounting on the same cache (disk cache only).
+
+Prints medians and each route's ratio to the direct route. Run: ``benchmarks/run.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.mounting import MountFactory  # noqa: E402
+from trolleyfs.testing.data import SampleSpec, generate  # noqa: E402
+from trolleyfs.testing.orthanc import Orthanc  # noqa: E402
+
+SERIES = SampleSpec(
+    patients=(("BENCH-001", "BENCH^SERIES"),), studies_per_patient=1, series_per_study=1,
+    instances_per_series=200, rows=512, columns=512, seed="trolleyfs-benchmark",
+)
+
+
+def timed(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def cat(files: list[Path]) -> None:
+    subprocess.run(["cat", *map(str, files)], stdout=subprocess.DEVNULL, check=True)
+
+
+def direct_download(url: str, target: Path) -> None:
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
+              "Accept-Encoding": "identity"}
+    with httpx.stream("GET", url, headers=accept, timeout=60) as response, open(target, "wb") as out:
+        response.raise_for_status()
+        for chunk in response.iter_bytes():
+            out.write(chunk)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="trolleyfs-bench-") as tmp:
+        work = Path(tmp)
+        orthanc = Orthanc(work / "orthanc").start()
+        try:
+            run(orthanc, work, args.rounds)
+        finally:
+            orthanc.stop()
+
+
+def run(orthanc: Orthanc, work: Path, rounds: int) -> None:
+    orthanc.upload(generate(SERIES))
+    instance = orthanc.instances()[0]
+    series_url = (f"{orthanc.dicomweb_url}/studies/{instance['StudyInstanceUID']}"
+                  f"/series/{instance['SeriesInstanceUID']}")
+    direct_download(series_url, work / "warmup")  # Orthanc's own caches warm for every route alike
+    size = (work / "warmup").stat().st_size
+    results: dict[str, list[float]] = {}
+
+    def record(name: str, seconds: float) -> None:
+        results.setdefault(name, []).append(seconds)
+
+    downloaders = {"wado-rs": {}, "wado-uri": {"downloader": "wado-uri", "wado_uri_url": orthanc.wado_uri_url}}
+    for round_number in range(rounds):
+        record("direct WADO-RS series (httpx)", timed(lambda: direct_download(series_url, work / "direct")))
+        for name, options in downloaders.items():
+            mounts = MountFactory(work / f"{name}-{round_number}")
+            (mounts.tmp_path).mkdir()
+            try:
+                mounted = mounts(orthanc.dicomweb_url, log_level="WARNING", **options)
+                files: list[Path] = []
+                record(f"{name}: list (find, no bytes)", timed(lambda: files.extend(mounted.files())))
+                assert len(files) == SERIES.instances_per_series
+                record(f"{name}: cold cat, all files", timed(lambda: cat(files)))
+                record(f"{name}: warm cat, same mount", timed(lambda: cat(files)))
+                mounted.unmount()
+                remounted = mounts(orthanc.dicomweb_url, log_level="WARNING", **options)
+                files = remounted.files()
+                record(f"{name}: cat after restart (disk cache)", timed(lambda: cat(files)))
+            finally:
+                mounts.unmount_all()
+    direct = statistics.median(results["direct WADO-RS series (httpx)"])
+    print(f"\n200 x 512x512 CT series, {size / 1e6:.0f} MB, {rounds} rounds, medians\n")
+    print(f"| {'route':<42} | {'seconds':>8} | {'MB/s':>7} | {'x direct':>8} |")
+    print(f"|{'-' * 44}|{'-' * 10}|{'-' * 9}|{'-' * 10}|")
+    for name, samples in results.items():
+        median = statistics.median(samples)
+        print(f"| {name:<42} | {median:8.3f} | {size / 1e6 / median:7.0f} | {median / direct:8.2f} |")
+
+
+if __name__ == "__main__":
+    main()
