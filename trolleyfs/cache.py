@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import trio
 from pydicom.errors import InvalidDicomError
@@ -122,44 +123,69 @@ class InstanceCache:
         if self._pins[key] <= 0:
             del self._pins[key]
 
-    @asynccontextmanager
-    async def receive(self, expected_uid: str | None = None) -> AsyncIterator[_Writer]:
-        writer = _Writer(self._tmp / f"{uuid.uuid4().hex}.part")
-        try:
-            await trio.to_thread.run_sync(writer.open, limiter=_disk_limiter)
-            yield writer
-            await writer.flush()
-            uid = await trio.to_thread.run_sync(_sop_instance_uid, writer.path, limiter=_disk_limiter)
-            if expected_uid is not None and uid != expected_uid:
-                raise PacsProtocolError(f"asked for instance {expected_uid}, received {uid}")
-            await self._publish(uid, writer)
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(writer.discard, limiter=_disk_limiter)
+    def new_writer(self) -> Writer:
+        """A writer for one download; hand it to ``publish`` or ``discard`` when it is complete."""
+        return Writer(self._tmp / f"{uuid.uuid4().hex}.part")
 
-    async def _publish(self, uid: str, writer: _Writer) -> None:
+    async def publish(self, writer: Writer, expected_uid: str | None = None) -> CachedFile:
+        """Identify a complete download by its SOPInstanceUID (which must be ``expected_uid`` when
+        given) and publish it atomically; on any failure the download is discarded."""
+        try:
+            uid, final, free = await trio.to_thread.run_sync(
+                self._finish, writer, expected_uid, limiter=_disk_limiter
+            )
+        except BaseException:
+            await self.discard(writer)
+            raise
+        writer.uid = uid
+        entry = CachedFile(final, writer.size)
+        await self._index_published(uid, entry, free)
+        return entry
+
+    async def discard(self, writer: Writer) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(writer.discard, limiter=_disk_limiter)
+
+    @asynccontextmanager
+    async def receive(self, expected_uid: str | None = None) -> AsyncIterator[Writer]:
+        """``new_writer`` + ``publish`` as one block: leaving it normally publishes, an exception
+        discards."""
+        writer = self.new_writer()
+        try:
+            yield writer
+        except BaseException:
+            await self.discard(writer)
+            raise
+        await self.publish(writer, expected_uid)
+
+    def _finish(self, writer: Writer, expected_uid: str | None) -> tuple[str, Path, int]:
+        """In a worker thread: complete the file, identify it, publish it by rename."""
+        writer.write_pending()
+        writer.close()
+        uid = _sop_instance_uid(writer.path)
+        if expected_uid is not None and uid != expected_uid:
+            raise PacsProtocolError(f"asked for instance {expected_uid}, received {uid}")
         key = _key(uid)
         final = self._objects / key[:2] / f"{key}.{writer.size}.dcm"
+        final.parent.mkdir(mode=0o700, exist_ok=True)
+        os.replace(writer.path, final)
+        return uid, final, _free_bytes(self.root)
 
-        def rename() -> None:
-            writer.close()
-            final.parent.mkdir(mode=0o700, exist_ok=True)
-            os.replace(writer.path, final)
-
-        await trio.to_thread.run_sync(rename, limiter=_disk_limiter)
+    async def _index_published(self, uid: str, entry: CachedFile, free: int) -> None:
+        key = _key(uid)
         previous = self._index.pop(key, None)
         if previous is not None:
             self.total_bytes -= previous.size
-            if previous.path != final:
+            if previous.path != entry.path:
                 previous.path.unlink(missing_ok=True)
-        self._index[key] = CachedFile(final, writer.size)
-        writer.uid = uid
-        self.total_bytes += writer.size
-        await self._evict()
+        self._index[key] = entry
+        self.total_bytes += entry.size
+        await self._evict(free)
 
-    async def _evict(self) -> None:
+    async def _evict(self, free: int | None = None) -> None:
+        if free is None:
+            free = await trio.to_thread.run_sync(_free_bytes, self.root, limiter=_disk_limiter)
         victims: list[CachedFile] = []
-        free = await trio.to_thread.run_sync(_free_bytes, self.root, limiter=_disk_limiter)
         for key in list(self._index):
             if self.total_bytes <= self.max_bytes and free >= self.min_free_space:
                 break
@@ -180,33 +206,33 @@ class InstanceCache:
         await trio.to_thread.run_sync(_unlink_all, victims, limiter=_disk_limiter)
 
 
-class _Writer:
-    """A temporary file being filled; writes are batched so that few of them cross to a thread."""
+class Writer:
+    """A temporary file being filled; writes are batched so that few of them cross to a thread.
+    The file itself is created by the first batch that reaches the disk."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.size = 0
         self.uid = ""
-        """The SOPInstanceUID, known once the file is published."""
-        self._file = None
+        """The SOPInstanceUID, set once the file is published."""
+        self._file: BinaryIO | None = None
         self._pending = bytearray()
-
-    def open(self) -> None:
-        self._file = open(self.path, "xb")  # noqa: SIM115 - closed by close() or discard()
 
     async def write(self, chunk: bytes) -> None:
         self._pending += chunk
         self.size += len(chunk)
         if len(self._pending) >= _WRITE_BUFFER:
-            await self.flush()
-
-    async def flush(self) -> None:
-        if self._pending:
             data, self._pending = bytes(self._pending), bytearray()
             await trio.to_thread.run_sync(self._write_through, data, limiter=_disk_limiter)
 
+    def write_pending(self) -> None:
+        data, self._pending = bytes(self._pending), bytearray()
+        self._write_through(data)
+
     def _write_through(self, data: bytes) -> None:
         try:
+            if self._file is None:
+                self._file = open(self.path, "xb")  # noqa: SIM115 - closed by close() or discard()
             self._file.write(data)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:

@@ -18,6 +18,10 @@ enter, with ``raise ... from exc``; the FUSE adapter maps anything else to EIO a
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import trio
 
 
 class TrolleyError(Exception):
@@ -60,3 +64,24 @@ class CacheError(TrolleyError):
 
 class CacheFull(CacheError):
     errno = errno.ENOSPC
+
+
+@contextmanager
+def first_error() -> Iterator[None]:
+    """Turn an exception group from a nursery into its first real error, so that callers can
+    catch TrolleyError (and its errno) as if one task had run. Pure cancellation stays a group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        errors = [exc for exc in _leaves(group) if not isinstance(exc, trio.Cancelled)]
+        if not errors:
+            raise
+        raise errors[0] from None
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
