@@ -109,3 +109,11 @@ def test_descriptive_names_are_safe_and_unique():
 def test_urls_keep_dicom_wildcards_raw():
     url = build_url(SOURCE, "studies", [("PatientName", "DOE^J*"), ("x", "a b&c")])
     assert url == f"{SOURCE}/studies?PatientName=DOE^J*&x=a%20b%26c"
+
+
+def test_docs_options_md_is_generated_from_the_config_model():
+    from pathlib import Path
+
+    from trolleyfs.config import options_reference
+
+    assert (Path(__file__).parents[2] / "docs" / "options.md").read_text() == options_reference()
