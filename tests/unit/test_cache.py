@@ -89,3 +89,16 @@ async def test_a_smaller_bound_at_restart_evicts_down_to_it(tmp_path):
     reopened = await InstanceCache.open(tmp_path / "c", max_bytes=2 * SIZE)
     assert len(reopened) == 2
     assert reopened.get(uid(FILES[4])) is not None  # most recent survive
+
+
+async def test_eviction_keeps_the_minimum_free_space(tmp_path):
+    import shutil
+
+    free = shutil.disk_usage(tmp_path).free
+    cache = await InstanceCache.open(tmp_path / "c", max_bytes=10**12, min_free_space=free + 10**12)
+    for data in FILES[:3]:
+        await put(cache, data)
+    assert len(cache) == 0  # nothing can be kept while the disk is "too full"
+    cache.pin(uid(FILES[3]))
+    await put(cache, FILES[3])
+    assert cache.get(uid(FILES[3])) is not None  # pinned (open) entries stay regardless

@@ -186,3 +186,12 @@ async def test_read_ahead_is_off_when_the_series_is_larger_than_readahead_max(pa
         await read_all(fs, next(iter(files.values())).inode)
         assert fs.trolley.stats["read_aheads"] == 0
         assert pacs.count("wado-rs") == 1
+
+
+async def test_a_failed_instance_by_instance_download_raises_the_pacs_error_itself(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path, downloader="wado-uri", wado_uri_url=pacs.wado_uri_url, retries=0) as fs:
+        some = next(iter(pacs.instances.values()))
+        reference = SeriesReference(study_uid=some.value("StudyInstanceUID"), series_uid=some.value("SeriesInstanceUID"))
+        pacs.faults.add("wado-uri", "status", status=500, count=1)
+        with pytest.raises(PacsError):
+            await fs.trolley.download(reference)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from trolleyfs.testing.endpoints import DicomWebEndpoints
+
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
@@ -35,7 +37,7 @@ def orthanc_missing() -> str | None:
     return None
 
 
-class Orthanc:
+class Orthanc(DicomWebEndpoints):
     def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None) -> None:
         self.workdir = workdir
         self.http_port = free_port()
@@ -43,18 +45,6 @@ class Orthanc:
         self.aet = aet
         self.modalities = modalities or {}
         self._process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def dicomweb_url(self) -> str:
-        return f"{self.url}/dicom-web"
-
-    @property
-    def wado_uri_url(self) -> str:
-        return f"{self.url}/wado"
 
     def _write_config(self) -> Path:
         config = {
@@ -98,7 +88,7 @@ class Orthanc:
             if self._process.poll() is not None:
                 raise RuntimeError(f"Orthanc exited with {self._process.returncode}; see {self.workdir}/orthanc.log")
             try:
-                if httpx.get(f"{self.url}/system", timeout=1).status_code == 200:
+                if httpx.get(f"{self.base_url}/system", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -116,14 +106,14 @@ class Orthanc:
         self._process = None
 
     def upload(self, files: Iterable[bytes]) -> None:
-        with httpx.Client(base_url=self.url, timeout=60) as client:
+        with httpx.Client(base_url=self.base_url, timeout=60) as client:
             for data in files:
                 response = client.post("/instances", content=data)
                 response.raise_for_status()
 
     def instances(self) -> list[dict]:
         """Every stored instance with its UIDs, PatientID, Orthanc id and file size."""
-        with httpx.Client(base_url=self.url, timeout=60) as client:
+        with httpx.Client(base_url=self.base_url, timeout=60) as client:
             result = []
             for orthanc_id in client.get("/instances").json():
                 tags = client.get(f"/instances/{orthanc_id}/simplified-tags").json()
@@ -139,6 +129,6 @@ class Orthanc:
             return result
 
     def file(self, orthanc_id: str) -> bytes:
-        response = httpx.get(f"{self.url}/instances/{orthanc_id}/file", timeout=60)
+        response = httpx.get(f"{self.base_url}/instances/{orthanc_id}/file", timeout=60)
         response.raise_for_status()
         return response.content

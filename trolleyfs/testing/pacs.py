@@ -36,6 +36,7 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
 from trolleyfs.model import SERIES_KEYWORDS, STUDY_KEYWORDS
+from trolleyfs.testing.endpoints import DicomWebEndpoints
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class Faults:
         return None
 
 
-class EmbeddedPacs:
+class EmbeddedPacs(DicomWebEndpoints):
     def __init__(self, files: Iterable[bytes] = ()) -> None:
         self.instances: dict[str, StoredInstance] = {}
         self.counts: Counter[str] = Counter()
@@ -111,25 +112,13 @@ class EmbeddedPacs:
         self._server: ThreadingHTTPServer | None = None
         self._connections: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
-        self.port = 0
+        self.http_port = 0
         for data in files:
             self.add(data)
 
     def add(self, data: bytes) -> None:
         header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         self.instances[str(header.SOPInstanceUID)] = StoredInstance(data, header)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def dicomweb_url(self) -> str:
-        return f"{self.base_url}/dicom-web"
-
-    @property
-    def wado_uri_url(self) -> str:
-        return f"{self.base_url}/wado"
 
     def count(self, kind: str) -> int:
         with self._lock:
@@ -141,9 +130,9 @@ class EmbeddedPacs:
 
     def start(self) -> EmbeddedPacs:
         handler = type("Handler", (_Handler,), {"pacs": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.http_port), handler)
         self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
+        self.http_port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="embedded-pacs", daemon=True)
         self._thread.start()
         return self
