@@ -216,24 +216,25 @@ class Writer:
         self.uid = ""
         """The SOPInstanceUID, set once the file is published."""
         self._file: BinaryIO | None = None
-        self._pending = bytearray()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
 
     async def write(self, chunk: bytes) -> None:
-        self._pending += chunk
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
         self.size += len(chunk)
-        if len(self._pending) >= _WRITE_BUFFER:
-            data, self._pending = bytes(self._pending), bytearray()
-            await trio.to_thread.run_sync(self._write_through, data, limiter=_disk_limiter)
+        if self._pending_size >= _WRITE_BUFFER:
+            await trio.to_thread.run_sync(self.write_pending, limiter=_disk_limiter)
 
     def write_pending(self) -> None:
-        data, self._pending = bytes(self._pending), bytearray()
-        self._write_through(data)
-
-    def _write_through(self, data: bytes) -> None:
+        chunks, self._pending, self._pending_size = self._pending, [], 0
         try:
             if self._file is None:
-                self._file = open(self.path, "xb")  # noqa: SIM115 - closed by close() or discard()
-            self._file.write(data)
+                self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - closed by close() or discard()
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[self._file.write(view) :]
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise CacheFull(f"no space left for the cache in {self.path.parent}") from exc

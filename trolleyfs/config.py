@@ -89,7 +89,9 @@ class Config(BaseModel):
     series, when the series is estimated at no more than this many bytes; 0 turns read-ahead off."""
     allow_other: bool = False
     """Let users other than the one who mounted read the filesystem (FUSE `allow_other`)."""
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(lambda value: str(value).upper())
+    ] = "INFO"
     """Daemon log verbosity."""
 
     @model_validator(mode="after")

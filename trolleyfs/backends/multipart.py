@@ -112,11 +112,17 @@ class MultipartReader:
             index = self._buffer.find(self._delimiter)
             if index >= 0:
                 if index:
-                    yield bytes(self._buffer[:index])
-                del self._buffer[: index + len(self._delimiter)]
+                    yield self._take(index)
+                del self._buffer[: len(self._delimiter)]
                 return
             if len(self._buffer) > keep:
-                yield bytes(self._buffer[:-keep])
-                del self._buffer[:-keep]
+                yield self._take(len(self._buffer) - keep)
             if not await self._read_more():
                 raise PacsProtocolError("multipart body ends inside a part (transfer cut off)")
+
+    def _take(self, size: int) -> bytes:
+        """The first ``size`` bytes of the buffer, removed from it (copied once)."""
+        with memoryview(self._buffer) as view:
+            data = bytes(view[:size])
+        del self._buffer[:size]
+        return data
