@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from trolleyfs.testing.data import SAMPLE_PATIENTS, SampleSpec, generate
-from trolleyfs.testing.orthanc import Orthanc, orthanc_missing
+from trolleyfs.testing.orthanc import Orthanc, free_port, orthanc_missing
 from trolleyfs.testing.pacs import EmbeddedPacs
 from tests.mounting import MountFactory
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ODD_PATIENT = ("ODD/ID 7", "ODD^ZED")
 ORTHANC_SPEC = SampleSpec(patients=(*SAMPLE_PATIENTS[:2], ODD_PATIENT))
+BIG_SERIES_SPEC = SampleSpec(
+    patients=(("BIG-001", "BIG^SERIES"),), studies_per_patient=1, series_per_study=1,
+    instances_per_series=120, rows=32, columns=32, seed="trolleyfs-big-series",
+)
+MOVE_AET = "TROLLEY"
 
 
 def unavailable(reason: str) -> None:
@@ -47,9 +53,15 @@ def fuse_available() -> None:
 def orthanc(tmp_path_factory: pytest.TempPathFactory):
     if reason := orthanc_missing():
         unavailable(reason)
-    server = Orthanc(tmp_path_factory.mktemp("orthanc"))
+    move_port = free_port()
+    server = Orthanc(
+        tmp_path_factory.mktemp("orthanc"),
+        modalities={MOVE_AET: {"AET": MOVE_AET, "Host": "127.0.0.1", "Port": move_port}},
+    )
+    server.move_port = move_port
     server.start()
     server.upload(generate(ORTHANC_SPEC))
+    server.upload(generate(BIG_SERIES_SPEC))
     yield server
     server.stop()
 
@@ -75,3 +87,39 @@ def mount(fuse_available: None, tmp_path: Path):
     factory = MountFactory(tmp_path)
     yield factory
     factory.unmount_all()
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One searcher + downloader combination, as mount options."""
+
+    name: str
+    source: str
+    options: dict
+    exact_bytes: bool
+    per_instance: bool = False
+    """Its downloader fetches one instance per request (WADO-URI)."""
+    """DICOMweb returns the stored file itself. Over DIMSE, Orthanc sends the dataset re-encoded
+    by DCMTK (trailing elements differ) and we wrap it in our own file meta, so identity and pixel
+    data are compared instead."""
+
+
+def backends_for(orthanc: Orthanc) -> dict[str, Backend]:
+    web, dimse = orthanc.dicomweb_url, f"dicom://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+    calling = {"calling_aet": MOVE_AET}
+    return {
+        "qido+wado-rs": Backend("qido+wado-rs", web, {}, True),
+        "qido+wado-uri": Backend("qido+wado-uri", web, {"downloader": "wado-uri", "wado_uri_url": orthanc.wado_uri_url}, True, True),
+        "cfind+cget": Backend("cfind+cget", dimse, calling, False),
+        "cfind+cmove": Backend("cfind+cmove", dimse, {**calling, "downloader": "c-move", "move_port": orthanc.move_port}, False),
+        "qido+cget": Backend("qido+cget", web, {**calling, "downloader": "c-get", "qr_url": dimse}, False),
+        "cfind+wado-rs": Backend("cfind+wado-rs", dimse, {**calling, "downloader": "wado-rs", "wado_rs_url": web}, True),
+    }
+
+
+BACKEND_NAMES = ["qido+wado-rs", "qido+wado-uri", "cfind+cget", "cfind+cmove", "qido+cget", "cfind+wado-rs"]
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def backend(request: pytest.FixtureRequest, orthanc: Orthanc) -> Backend:
+    return backends_for(orthanc)[request.param]

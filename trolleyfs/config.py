@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -49,17 +49,39 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     source: str
-    """The PACS: `http(s)://host:port/path`, a DICOMweb root serving QIDO-RS and WADO-RS."""
-    searcher: Literal["qido-rs"] = "qido-rs"
-    """How directories are listed."""
-    downloader: Literal["wado-rs", "wado-uri"] = "wado-rs"
-    """How file contents are fetched."""
+    """The PACS: a DICOMweb root `http(s)://host:port/path` (QIDO-RS and WADO-RS under it), or a
+    DIMSE node `dicom://CALLED_AET@host:port` (C-FIND, C-GET, C-MOVE)."""
+    searcher: Literal["qido-rs", "dicom-qr"] | None = None
+    """How directories are listed; default `qido-rs` for an http(s) SOURCE, `dicom-qr` (C-FIND)
+    for a dicom:// one."""
+    downloader: Literal["wado-rs", "wado-uri", "c-get", "c-move"] | None = None
+    """How file contents are fetched; default `wado-rs` for an http(s) SOURCE, `c-get` for a
+    dicom:// one."""
     qido_url: str = ""
     """QIDO-RS root; empty means SOURCE."""
     wado_rs_url: str = ""
     """WADO-RS root; empty means SOURCE."""
     wado_uri_url: str = ""
     """WADO-URI endpoint (e.g. `http://host:8042/wado`); needed with `downloader=wado-uri`."""
+    qr_url: str = ""
+    """DIMSE node `dicom://CALLED_AET@host:port` for dicom-qr, c-get and c-move; empty means SOURCE."""
+    calling_aet: str = Field(default="TROLLEYFS", min_length=1, max_length=16)
+    """Our AE title in DIMSE associations."""
+    move_aet: str = Field(default="", max_length=16)
+    """AE title the PACS sends C-MOVE results to (it must know it, with move_host:move_port);
+    empty means calling_aet."""
+    move_host: str = "127.0.0.1"
+    """Address our storage SCP listens on for C-MOVE results, for the life of the mount."""
+    move_port: int = Field(default=11112, ge=1, le=65535)
+    """Port of that storage SCP."""
+    max_associations: int = Field(default=4, ge=1)
+    """DIMSE associations open at once (each runs in its own thread)."""
+    acse_timeout: float | None = Field(default=None, gt=0)
+    """Seconds to wait for association set-up and release; empty means `timeout`."""
+    dimse_timeout: float | None = Field(default=None, gt=0)
+    """Seconds to wait for the next DIMSE message; empty means `timeout`."""
+    network_timeout: float | None = Field(default=None, gt=0)
+    """Seconds a DIMSE connection may stay silent; empty means `timeout`."""
     username: str = ""
     """HTTP basic-auth user for every DICOMweb request; empty means no authentication."""
     password: str = ""
@@ -96,21 +118,58 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _urls(self) -> Config:
-        for name in ("source", "qido_url", "wado_rs_url", "wado_uri_url"):
+        if _scheme(self.source) not in ("http", "https", "dicom"):
+            raise ValueError(f"source must be an http(s):// or dicom:// URL, not {self.source!r}")
+        for name in ("qido_url", "wado_rs_url", "wado_uri_url"):
             value = getattr(self, name)
-            if value and urlsplit(value).scheme not in ("http", "https"):
+            if value and _scheme(value) not in ("http", "https"):
                 raise ValueError(f"{name} must be an http:// or https:// URL, not {value!r}")
-        if self.downloader == "wado-uri" and not self.wado_uri_url:
-            raise ValueError("downloader=wado-uri needs wado_uri_url=URL (e.g. http://host:8042/wado)")
+        for name in ("source", "qr_url"):
+            if _scheme(getattr(self, name)) == "dicom":
+                parse_dimse_url(getattr(self, name))
+        if self.qr_url and _scheme(self.qr_url) != "dicom":
+            raise ValueError(f"qr_url must be a dicom://AET@host:port URL, not {self.qr_url!r}")
+        needs = {
+            "qido-rs": (self.qido_url or self.dicomweb_source, "qido_url=URL"),
+            "wado-rs": (self.wado_rs_url or self.dicomweb_source, "wado_rs_url=URL"),
+            "wado-uri": (self.wado_uri_url, "wado_uri_url=URL (e.g. http://host:8042/wado)"),
+            "dicom-qr": (self.qr_url or self.dimse_source, "qr_url=dicom://AET@host:port"),
+            "c-get": (self.qr_url or self.dimse_source, "qr_url=dicom://AET@host:port"),
+            "c-move": (self.qr_url or self.dimse_source, "qr_url=dicom://AET@host:port"),
+        }
+        for role, backend in (("searcher", self.resolved_searcher), ("downloader", self.resolved_downloader)):
+            url, option = needs[backend]
+            if not url:
+                raise ValueError(f"{role}={backend} with this SOURCE needs {option}")
         return self
 
     @property
+    def dicomweb_source(self) -> str:
+        return self.source if _scheme(self.source) in ("http", "https") else ""
+
+    @property
+    def dimse_source(self) -> str:
+        return self.source if _scheme(self.source) == "dicom" else ""
+
+    @property
+    def resolved_searcher(self) -> str:
+        return self.searcher or ("dicom-qr" if self.dimse_source else "qido-rs")
+
+    @property
+    def resolved_downloader(self) -> str:
+        return self.downloader or ("c-get" if self.dimse_source else "wado-rs")
+
+    @property
     def resolved_qido_url(self) -> str:
-        return self.qido_url or self.source
+        return self.qido_url or self.dicomweb_source
 
     @property
     def resolved_wado_rs_url(self) -> str:
-        return self.wado_rs_url or self.source
+        return self.wado_rs_url or self.dicomweb_source
+
+    @property
+    def dimse_node(self) -> DimseNode:
+        return parse_dimse_url(self.qr_url or self.dimse_source)
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -118,6 +177,32 @@ class Config(BaseModel):
             return self.cache_dir
         digest = hashlib.sha256(self.source.encode()).hexdigest()[:16]
         return _default_cache_root() / digest
+
+
+class DimseNode(NamedTuple):
+    """A DICOM network peer."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+def parse_dimse_url(url: str) -> DimseNode:
+    """`dicom://ORTHANC@127.0.0.1:4242` -> DimseNode("ORTHANC", "127.0.0.1", 4242)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "dicom" or not parts.username or not parts.hostname or port is None:
+        raise ValueError(f"a DIMSE node is dicom://CALLED_AET@host:port, not {url!r}")
+    if len(parts.username) > 16:
+        raise ValueError(f"AE title {parts.username!r} is longer than 16 characters")
+    return DimseNode(parts.username, parts.hostname, port)
+
+
+def _scheme(url: str) -> str:
+    return urlsplit(url).scheme if url else ""
 
 
 def parse_mount_options(text: str) -> dict[str, str]:

@@ -93,12 +93,16 @@ class Query(BaseModel):
 class StudyReference(BaseModel):
     model_config = ConfigDict(frozen=True)
     study_uid: str
+    sop_class_uids: tuple[str, ...] = ()
+    """SOP classes known to be in it (a hint for DIMSE downloaders; may be empty)."""
 
 
 class SeriesReference(BaseModel):
     model_config = ConfigDict(frozen=True)
     study_uid: str
     series_uid: str
+    sop_class_uids: tuple[str, ...] = ()
+    """SOP classes known to be in it (a hint for DIMSE downloaders; may be empty)."""
 
 
 class InstanceReference(BaseModel):
@@ -106,10 +110,12 @@ class InstanceReference(BaseModel):
     study_uid: str
     series_uid: str
     instance_uid: str
+    sop_class_uid: str = ""
+    """Its SOP class, when known (a hint for DIMSE downloaders)."""
 
     @property
-    def series(self) -> SeriesReference:
-        return SeriesReference(study_uid=self.study_uid, series_uid=self.series_uid)
+    def sop_class_uids(self) -> tuple[str, ...]:
+        return (self.sop_class_uid,) if self.sop_class_uid else ()
 
 
 Reference = StudyReference | SeriesReference | InstanceReference
@@ -147,7 +153,12 @@ class Instance:
     @property
     def reference(self) -> InstanceReference:
         series = self.parent
-        return InstanceReference(study_uid=series.parent.uid, series_uid=series.uid, instance_uid=self.uid)
+        return InstanceReference(
+            study_uid=series.parent.uid,
+            series_uid=series.uid,
+            instance_uid=self.uid,
+            sop_class_uid=str(self.attributes.get("SOPClassUID", "")),
+        )
 
 
 STUDY_KEYWORDS = frozenset(

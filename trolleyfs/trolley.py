@@ -178,10 +178,16 @@ class Trolley:
 
     async def _fetch(self, reference: Reference) -> None:
         """Run the downloader; instances it delivers are published while it goes on streaming."""
+        try:
+            with first_error():
+                async with trio.open_nursery() as nursery:
+                    await self.downloader.fetch(reference, _PublishingSink(self, nursery))
+        except NeedsInstances:
+            raise  # nothing was asked of the PACS
+        except BaseException:
+            self.stats["download_requests"] += 1
+            raise
         self.stats["download_requests"] += 1
-        with first_error():
-            async with trio.open_nursery() as nursery:
-                await self.downloader.fetch(reference, _PublishingSink(self, nursery))
 
 
 class _PublishingSink:

@@ -1,11 +1,16 @@
-"""Backends by name: builds the searcher and downloader a Config asks for, sharing HTTP clients."""
+"""Backends by name: builds the searcher and downloader a Config asks for, sharing one HTTP client
+per server and one DIMSE peer, and starting the storage SCP that C-MOVE needs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from urllib.parse import urlsplit
 
 from trolleyfs.backends.base import Downloader, Searcher
+from trolleyfs.backends.dicom_qr import DicomQR
+from trolleyfs.backends.dimse import DimsePeer
+from trolleyfs.backends.dimse_retrieve import CGet, CMove, StorageSCP
 from trolleyfs.backends.http import HttpSession
 from trolleyfs.backends.qido_rs import QidoRS
 from trolleyfs.backends.wado_rs import WadoRS
@@ -20,6 +25,7 @@ class Backends:
         self._config = config
         self._stack = stack
         self._sessions: dict[str, HttpSession] = {}
+        self._peer: DimsePeer | None = None
         self.searcher = self._searcher()
         self.downloader = self._downloader()
 
@@ -39,14 +45,40 @@ class Backends:
             self._sessions[server] = session
         return self._sessions[server]
 
+    def _dimse_peer(self) -> DimsePeer:
+        if self._peer is None:
+            config = self._config
+            self._peer = DimsePeer(
+                config.dimse_node,
+                calling_aet=config.calling_aet,
+                acse_timeout=config.acse_timeout or config.timeout,
+                dimse_timeout=config.dimse_timeout or config.timeout,
+                network_timeout=config.network_timeout or config.timeout,
+                max_associations=config.max_associations,
+            )
+        return self._peer
+
+    def _storage_scp(self) -> StorageSCP:
+        config = self._config
+        scp = StorageSCP(config.move_aet or config.calling_aet, config.move_host, config.move_port, self._dimse_peer())
+        scp.start()
+        self._stack.callback(scp.stop)
+        return scp
+
     def _searcher(self) -> Searcher:
         url = self._config.resolved_qido_url
-        return {"qido-rs": lambda: QidoRS(self._session(url), url)}[self._config.searcher]()
+        factories: dict[str, Callable[[], Searcher]] = {
+            "qido-rs": lambda: QidoRS(self._session(url), url),
+            "dicom-qr": lambda: DicomQR(self._dimse_peer()),
+        }
+        return factories[self._config.resolved_searcher]()
 
     def _downloader(self) -> Downloader:
         config = self._config
-        factories = {
+        factories: dict[str, Callable[[], Downloader]] = {
             "wado-rs": lambda: WadoRS(self._session(config.resolved_wado_rs_url), config.resolved_wado_rs_url),
             "wado-uri": lambda: WadoURI(self._session(config.wado_uri_url), config.wado_uri_url),
+            "c-get": lambda: CGet(self._dimse_peer()),
+            "c-move": lambda: CMove(self._dimse_peer(), self._storage_scp()),
         }
-        return factories[config.downloader]()
+        return factories[config.resolved_downloader]()

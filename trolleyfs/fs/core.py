@@ -163,8 +163,10 @@ class FileSystem:
         children = {}
         for name, uid in names.items():
             node = self.inodes.node_for(_child(key, Kind.INSTANCE, instance_uid=uid), mtime)
+            attributes = by_uid[uid].attributes
+            node.sop_class_uid = _text(attributes.get("SOPClassUID"))
             if not node.size_exact:
-                node.size = _estimated_size(by_uid[uid].attributes)
+                node.size = _estimated_size(attributes)
             children[name] = self.getattr(node.inode)
         return children
 
@@ -202,7 +204,10 @@ class FileSystem:
             raise NotFound(f"inode {inode} is not a file")
         key = node.key
         reference = InstanceReference(
-            study_uid=key.study_uid, series_uid=key.series_uid, instance_uid=key.instance_uid
+            study_uid=key.study_uid,
+            series_uid=key.series_uid,
+            instance_uid=key.instance_uid,
+            sop_class_uid=node.sop_class_uid,
         )
         was_cached = node.size_exact and self.trolley.cache.get(key.instance_uid) is not None
         cached = await self.trolley.instance_file(reference)
@@ -225,7 +230,10 @@ class FileSystem:
         siblings = list((series.children or {}).values())
         estimate = sum(node.size or file_size for node in siblings)
         if len(siblings) > 1 and estimate <= self.readahead_max:
-            self.trolley.read_ahead(SeriesReference(study_uid=key.study_uid, series_uid=key.series_uid))
+            sop_classes = tuple(sorted({node.sop_class_uid for node in siblings if node.sop_class_uid}))
+            self.trolley.read_ahead(
+                SeriesReference(study_uid=key.study_uid, series_uid=key.series_uid, sop_class_uids=sop_classes)
+            )
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         open_file = self._open_files[handle]

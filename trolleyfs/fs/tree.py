@@ -143,6 +143,8 @@ class Node:
     size: int = 0
     """Of a file: exact once downloaded, before that an estimate (see docs/semantics.md)."""
     size_exact: bool = False
+    sop_class_uid: str = ""
+    """Of an instance file: its SOP class, as the search told."""
     children: dict[str, Node] | None = field(default=None, repr=False)
     """Of a directory: its entries, built from ``children_answer``."""
     children_answer: object = field(default=None, repr=False)

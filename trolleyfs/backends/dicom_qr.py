@@ -1,0 +1,75 @@
+"""DICOM-QR searcher: C-FIND (Study Root) at STUDY, SERIES and IMAGE level over pynetdicom.
+
+The same :class:`~trolleyfs.model.Query` as QIDO-RS: matching keys with wildcards and date
+ranges, the level's usual return keys plus ``include_fields``. Every status is read: pending
+answers are collected, success and cancel end the search, warnings are logged, failures and a
+missing status (timeout, abort) raise PacsError.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import build_context
+from pynetdicom.association import Association
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+from trolleyfs.backends.dimse import DimsePeer, failure, record_from_identifier, status_category
+from trolleyfs.backends.qido_rs import DEFAULT_FIELDS
+from trolleyfs.model import Query, QueryLevel, Study, build_studies
+
+log = logging.getLogger(__name__)
+
+DIMSE_LEVEL = {QueryLevel.STUDY: "STUDY", QueryLevel.SERIES: "SERIES", QueryLevel.INSTANCE: "IMAGE"}
+_UNIQUE_KEYS = {
+    QueryLevel.STUDY: ("StudyInstanceUID",),
+    QueryLevel.SERIES: ("StudyInstanceUID", "SeriesInstanceUID"),
+    QueryLevel.INSTANCE: ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"),
+}
+
+
+class DicomQR:
+    def __init__(self, peer: DimsePeer) -> None:
+        self.peer = peer
+
+    async def find_studies(self, query: Query) -> list[Study]:
+        identifier = find_identifier(query)
+        records = await self.peer.run(
+            [build_context(StudyRootQueryRetrieveInformationModelFind)],
+            lambda association: self._find(association, identifier, query.limit),
+        )
+        return build_studies(records, query.query_level)
+
+    def _find(self, association: Association, identifier: Dataset, limit: int | None) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        operation = f"C-FIND at {self.peer}"
+        responses = association.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)
+        for status, answer in responses:
+            code, category = status_category(status, operation)
+            if category == "Pending":
+                if answer is not None:
+                    records.append(record_from_identifier(answer))
+                if limit is not None and len(records) >= limit:
+                    association.abort()  # enough: stop the peer sending the rest
+                    break
+            elif category in ("Success", "Cancel"):
+                break
+            elif category == "Warning":
+                log.warning("%s: warning status 0x%04X", operation, code)
+            else:
+                raise failure(status, operation, code)
+        return records
+
+
+def find_identifier(query: Query) -> Dataset:
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = DIMSE_LEVEL[query.query_level]
+    for keyword, value in query.matching_keys().items():
+        setattr(identifier, keyword, value)
+    return_keys = (*_UNIQUE_KEYS[query.query_level], *DEFAULT_FIELDS[query.query_level], *query.include_fields)
+    for keyword in return_keys:
+        if keyword not in identifier:
+            setattr(identifier, keyword, None)
+    return identifier

@@ -1,0 +1,143 @@
+"""What the DIMSE backends share: running whole associations in threads, reading statuses, and
+turning identifiers into keyword records.
+
+pynetdicom is blocking and threaded. Each operation runs one whole association (associate, the
+requests, release) inside ``trio.to_thread`` under a per-peer limiter. If the trio side is
+cancelled, the association is aborted so its thread ends soon. pynetdicom reports a timeout or an
+abort as an empty status dataset; :func:`status_category` turns that into an error, never into
+"no results".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import trio
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import code_to_category
+
+from trolleyfs.config import DimseNode
+from trolleyfs.errors import PacsError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_HEADER_KEYWORDS = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"})
+
+
+class DimsePeer:
+    """A DIMSE node as we talk to it: our AE title, the timeouts, and how many associations at once."""
+
+    def __init__(
+        self,
+        node: DimseNode,
+        *,
+        calling_aet: str,
+        acse_timeout: float,
+        dimse_timeout: float,
+        network_timeout: float,
+        max_associations: int = 4,
+    ) -> None:
+        self.node = node
+        self.calling_aet = calling_aet
+        self.acse_timeout = acse_timeout
+        self.dimse_timeout = dimse_timeout
+        self.network_timeout = network_timeout
+        self.limiter = trio.CapacityLimiter(max_associations)
+
+    def __str__(self) -> str:
+        return f"{self.node.ae_title}@{self.node.host}:{self.node.port}"
+
+    def application_entity(self) -> AE:
+        ae = AE(ae_title=self.calling_aet)
+        ae.acse_timeout = self.acse_timeout
+        ae.dimse_timeout = self.dimse_timeout
+        ae.network_timeout = self.network_timeout
+        ae.connection_timeout = self.acse_timeout
+        ae.maximum_pdu_size = 0  # accept PDUs of any size: fewer, larger reads
+        return ae
+
+    async def run(
+        self,
+        contexts: Sequence[PresentationContext],
+        work: Callable[[Association], T],
+        *,
+        ext_neg: list[Any] | None = None,
+        evt_handlers: list[Any] | None = None,
+    ) -> T:
+        """Associate, run ``work(association)`` in a worker thread, release; abort on cancellation."""
+        current: dict[str, Association] = {}
+        cancelled = threading.Event()
+
+        def in_thread() -> T:
+            ae = self.application_entity()
+            association = ae.associate(
+                self.node.host,
+                self.node.port,
+                contexts=list(contexts),
+                ae_title=self.node.ae_title,
+                ext_neg=ext_neg,
+                evt_handlers=evt_handlers,
+            )
+            current["association"] = association
+            if not association.is_established:
+                raise PacsError(_why_not_established(association, self))
+            try:
+                if cancelled.is_set():
+                    raise PacsError("cancelled")
+                return work(association)
+            finally:
+                if association.is_established:
+                    association.release()
+
+        try:
+            return await trio.to_thread.run_sync(in_thread, limiter=self.limiter, abandon_on_cancel=True)
+        except trio.Cancelled:
+            cancelled.set()
+            if (association := current.get("association")) is not None:
+                association.abort()
+            raise
+
+
+def _why_not_established(association: Association, peer: DimsePeer) -> str:
+    if association.is_rejected:
+        return f"association with {peer} rejected"
+    if association.is_aborted:
+        return f"association with {peer} aborted while being set up"
+    return f"no association with {peer} (connection refused or timed out)"
+
+
+def status_category(status: Dataset | None, operation: str) -> tuple[int, str]:
+    """(code, category) of a DIMSE response status; an empty one (timeout, abort) raises."""
+    if not status or "Status" not in status:
+        raise PacsError(f"{operation}: no response (timed out, or the association was aborted)")
+    code = int(status.Status)
+    return code, code_to_category(code)
+
+
+def failure(status: Dataset, operation: str, code: int) -> PacsError:
+    comment = status.get("ErrorComment", "")
+    return PacsError(f"{operation} failed with status 0x{code:04X}{f': {comment}' if comment else ''}")
+
+
+def record_from_identifier(identifier: Dataset) -> dict[str, Any]:
+    """A C-FIND answer to a keyword record like :func:`record_from_dicom_json` makes."""
+    record: dict[str, Any] = {}
+    for element in identifier:
+        keyword = element.keyword
+        if not keyword or keyword in _HEADER_KEYWORDS or element.VR == "SQ":
+            continue
+        value = element.value
+        if isinstance(value, MultiValue):
+            record[keyword] = [str(item) for item in value]
+        else:
+            record[keyword] = "" if value is None else str(value)
+    return record
