@@ -197,7 +197,7 @@ def parse_dimse_url(url: str) -> DimseNode:
     if parts.scheme != "dicom" or not parts.username or not parts.hostname or port is None:
         raise ValueError(f"a DIMSE node is dicom://CALLED_AET@host:port, not {url!r}")
     if len(parts.username) > 16:
-        raise ValueError(f"AE title {parts.username!r} is longer than 16 characters")
+        raise ValueError(f"AE title {parts.username!r} in {url!r} is longer than 16 characters (dicom://AET@host:port)")
     return DimseNode(parts.username, parts.hostname, port)
 
 

@@ -117,3 +117,30 @@ def test_docs_options_md_is_generated_from_the_config_model():
     from trolleyfs.config import options_reference
 
     assert (Path(__file__).parents[2] / "docs" / "options.md").read_text() == options_reference()
+
+
+def test_a_dicom_source_defaults_to_c_find_and_c_get():
+    config = load_config({"source": "dicom://ORTHANC@127.0.0.1:4242", "calling_aet": "TROLLEY"}, {})
+    assert (config.resolved_searcher, config.resolved_downloader) == ("dicom-qr", "c-get")
+    assert config.dimse_node == ("ORTHANC", "127.0.0.1", 4242)
+
+
+def test_mixed_backends_need_the_other_protocols_address():
+    web, dimse = SOURCE, "dicom://ORTHANC@127.0.0.1:4242"
+    mixed = load_config({"source": web, "searcher": "dicom-qr", "qr_url": dimse}, {})
+    assert (mixed.resolved_searcher, mixed.resolved_downloader, mixed.dimse_node.port) == ("dicom-qr", "wado-rs", 4242)
+    other = load_config({"source": dimse, "downloader": "wado-rs", "wado_rs_url": web}, {})
+    assert (other.resolved_searcher, other.resolved_wado_rs_url) == ("dicom-qr", web)
+    with pytest.raises(ConfigError, match="qr_url"):
+        load_config({"source": web, "downloader": "c-move"}, {})
+    with pytest.raises(ConfigError, match="wado_rs_url"):
+        load_config({"source": dimse, "downloader": "wado-rs"}, {})
+    with pytest.raises(ConfigError, match="qido_url"):
+        load_config({"source": dimse, "searcher": "qido-rs"}, {})
+
+
+@pytest.mark.parametrize("url", ["dicom://127.0.0.1:4242", "dicom://AET@127.0.0.1", "dicom://AET@:4242",
+                                 "dicom://A_VERY_LONG_AE_TITLE_X@h:1"])
+def test_malformed_dimse_urls_are_refused(url):
+    with pytest.raises(ConfigError, match="dicom://"):
+        load_config({"source": url}, {})

@@ -1,0 +1,92 @@
+"""A small DIMSE peer for fault tests: pynetdicom SCP serving C-FIND and C-GET from sample files,
+with behaviours that Orthanc cannot be made to show on demand (reject, fail, hang, abort)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import pydicom
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    MRImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+)
+
+from trolleyfs.testing.orthanc import free_port
+
+
+class FakeDimsePeer:
+    ae_title = "FAKE"
+
+    def __init__(self, files: list[bytes]) -> None:
+        self.datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
+        self.port = free_port()
+        self.mode = "normal"
+        """normal | reject | fail | hang | abort-after-N (C-GET sends N instances, then aborts)"""
+        self.gets = 0
+        self._server = None
+        self.released = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"dicom://{self.ae_title}@127.0.0.1:{self.port}"
+
+    def __enter__(self) -> FakeDimsePeer:
+        ae = AE(ae_title=self.ae_title)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+        for storage in (CTImageStorage, MRImageStorage):
+            ae.add_supported_context(storage, scu_role=True, scp_role=True)
+        if self.mode == "reject":
+            ae.require_calling_aet = ["SOMEONE-ELSE"]
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get)],
+        )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.released.set()
+        self._server.shutdown()
+
+    def _matching(self, identifier: Dataset) -> list[Dataset]:
+        keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        return [
+            ds for ds in self.datasets
+            if all(not identifier.get(key) or ds.get(key) == identifier.get(key) for key in keys)
+        ]
+
+    def _find(self, event):
+        if self.mode == "fail":
+            yield 0xA700, None
+            return
+        if self.mode == "hang":
+            self.released.wait(60)
+        for ds in self._matching(event.identifier):
+            answer = Dataset()
+            for element in event.identifier:
+                if element.keyword in ds:
+                    setattr(answer, element.keyword, ds.get(element.keyword))
+            answer.QueryRetrieveLevel = event.identifier.QueryRetrieveLevel
+            yield 0xFF00, answer
+
+    def _get(self, event):
+        self.gets += 1
+        matching = self._matching(event.identifier)
+        if self.mode == "fail":
+            yield 0
+            yield 0xC000, None
+            return
+        yield len(matching)
+        for index, ds in enumerate(matching):
+            if self.mode.startswith("abort-after-") and index == int(self.mode.rsplit("-", 1)[1]):
+                time.sleep(0.05)  # let the sub-operations before it finish
+                event.assoc.abort()
+                return
+            yield 0xFF00, ds

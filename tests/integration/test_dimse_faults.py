@@ -1,0 +1,101 @@
+"""DIMSE failures through a real mount: refused associations, failure statuses, a peer that
+hangs or goes away mid-transfer, and an unknown C-MOVE destination. Listings come from the
+embedded PACS (QIDO-RS) where the fault is in the download."""
+
+from __future__ import annotations
+
+import errno
+import struct
+import time
+
+import pytest
+
+from tests.dimse_peer import FakeDimsePeer
+
+
+def dataset_bytes(part10: bytes) -> bytes:
+    """What follows the file meta group: the dataset as encoded."""
+    assert part10[128:132] == b"DICM"
+    (group_length,) = struct.unpack("<I", part10[140:144])
+    return part10[144 + group_length :]
+
+
+@pytest.fixture
+def peer(sample_files):
+    return FakeDimsePeer(sample_files)
+
+
+def stored(pacs, path) -> bytes:
+    return next(i.data for uid, i in pacs.instances.items() if path.name[:-4].endswith(uid))
+
+
+def test_c_get_files_keep_the_dataset_bytes_as_sent(mount, pacs, peer):
+    with peer:
+        mounted = mount(pacs.dicomweb_url, downloader="c-get", qr_url=peer.url)
+        for path in mounted.files()[:12]:
+            assert dataset_bytes(path.read_bytes()) == dataset_bytes(stored(pacs, path))
+
+
+def test_a_refused_association_gives_eio_and_the_mount_stays_up(mount, pacs, peer):
+    peer.mode = "reject"
+    with peer:
+        mounted = mount(peer.url, timeout=2, retries=0)
+        with pytest.raises(OSError) as raised:
+            list(mounted.patients.iterdir())
+        assert raised.value.errno == errno.EIO
+        assert (mounted.path / ".trolleyfs" / "stats").exists()
+        assert "rejected" in mounted.log_text()
+
+
+@pytest.mark.parametrize("mode", ["fail", "hang"])
+def test_a_failing_or_silent_c_find_gives_eio_in_time(mount, peer, mode):
+    peer.mode = mode
+    with peer:
+        mounted = mount(peer.url, timeout=1, retries=0)
+        started = time.monotonic()
+        with pytest.raises(OSError) as raised:
+            list(mounted.patients.iterdir())
+        assert raised.value.errno == errno.EIO
+        assert time.monotonic() - started < 10
+
+
+def test_a_failure_status_of_c_get_gives_eio_then_recovers(mount, pacs, peer):
+    with peer:
+        mounted = mount(pacs.dicomweb_url, downloader="c-get", qr_url=peer.url, readahead_max=0)
+        path = mounted.files()[0]
+        peer.mode = "fail"
+        with pytest.raises(OSError) as raised:
+            path.read_bytes()
+        assert raised.value.errno == errno.EIO
+        peer.mode = "normal"
+        assert path.read_bytes() == path.read_bytes()
+        assert dataset_bytes(path.read_bytes()) == dataset_bytes(stored(pacs, path))
+
+
+def test_a_peer_gone_mid_transfer_gives_eio_and_no_partial_file(mount, pacs, peer):
+    with peer:
+        mounted = mount(pacs.dicomweb_url, downloader="c-get", qr_url=peer.url, timeout=2, retries=0)
+        files = mounted.files()
+        peer.mode = "abort-after-0"
+        with pytest.raises(OSError) as raised:
+            files[0].read_bytes()
+        assert raised.value.errno == errno.EIO
+        assert mounted.stats()["cache_files"] == 0
+        peer.mode = "abort-after-3"  # the first file comes; the series read-ahead is cut off after 3
+        files[0].read_bytes()
+        series = [path for path in files if path.parent == files[0].parent]
+        for path in series:  # files the read-ahead missed are fetched one by one
+            assert dataset_bytes(path.read_bytes()) == dataset_bytes(stored(pacs, path))
+        assert "read-ahead" in mounted.log_text()
+
+
+def test_an_unknown_move_destination_gives_eio(mount, orthanc):
+    mounted = mount(
+        f"dicom://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}",
+        downloader="c-move", calling_aet="NOBODY", move_port=orthanc.move_port, timeout=5, retries=0,
+    )
+    with pytest.raises(OSError) as raised:
+        mounted.files()[0].read_bytes()
+    assert raised.value.errno == errno.EIO
+    assert "0xC000" in mounted.log_text() or "0xA801" in mounted.log_text()
+    assert len(list(mounted.patients.iterdir())) == 4
