@@ -29,6 +29,7 @@ class FakeDimsePeer:
         self.mode = "normal"
         """normal | reject | fail | hang | abort-after-N (C-GET sends N instances, then aborts)"""
         self.gets = 0
+        self.associations = 0
         self._server = None
         self.released = threading.Event()
 
@@ -47,7 +48,11 @@ class FakeDimsePeer:
         self._server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
-            evt_handlers=[(evt.EVT_C_FIND, self._find), (evt.EVT_C_GET, self._get)],
+            evt_handlers=[
+                (evt.EVT_C_FIND, self._find),
+                (evt.EVT_C_GET, self._get),
+                (evt.EVT_ACCEPTED, self._accepted),
+            ],
         )
         return self
 
@@ -61,6 +66,9 @@ class FakeDimsePeer:
             ds for ds in self.datasets
             if all(not identifier.get(key) or ds.get(key) == identifier.get(key) for key in keys)
         ]
+
+    def _accepted(self, event) -> None:
+        self.associations += 1
 
     def _find(self, event):
         if self.mode == "fail":

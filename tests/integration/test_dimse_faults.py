@@ -99,3 +99,12 @@ def test_an_unknown_move_destination_gives_eio(mount, orthanc):
     assert raised.value.errno == errno.EIO
     assert "0xC000" in mounted.log_text() or "0xA801" in mounted.log_text()
     assert len(list(mounted.patients.iterdir())) == 4
+
+
+def test_browsing_reuses_c_find_associations(mount, peer):
+    with peer:
+        mounted = mount(peer.url)
+        files = mounted.files()
+        searches = mounted.stats()["searches"]
+        assert len(files) == 80 and searches > 10
+        assert peer.associations <= 3

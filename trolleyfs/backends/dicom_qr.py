@@ -39,6 +39,7 @@ class DicomQR:
         records = await self.peer.run(
             [build_context(StudyRootQueryRetrieveInformationModelFind)],
             lambda association: self._find(association, identifier, query.limit),
+            reuse="find",
         )
         return build_studies(records, query.query_level)
 

@@ -1,9 +1,10 @@
 """What the DIMSE backends share: running whole associations in threads, reading statuses, and
 turning identifiers into keyword records.
 
-pynetdicom is blocking and threaded. Each operation runs one whole association (associate, the
-requests, release) inside ``trio.to_thread`` under a per-peer limiter. If the trio side is
-cancelled, the association is aborted so its thread ends soon. pynetdicom reports a timeout or an
+pynetdicom is blocking and threaded. Each operation runs on an association inside
+``trio.to_thread`` under a per-peer limiter. If the trio side is cancelled, the association is
+aborted so its thread ends soon. C-FIND associations are kept for a few seconds and reused, since
+browsing asks one search per directory. pynetdicom reports a timeout or an
 abort as an empty status dataset; :func:`status_category` turns that into an error, never into
 "no results".
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -52,6 +54,7 @@ class DimsePeer:
         self.dimse_timeout = dimse_timeout
         self.network_timeout = network_timeout
         self.limiter = trio.CapacityLimiter(max_associations)
+        self._idle = _IdleAssociations()
 
     def __str__(self) -> str:
         return f"{self.node.ae_title}@{self.node.host}:{self.node.port}"
@@ -72,31 +75,37 @@ class DimsePeer:
         *,
         ext_neg: list[Any] | None = None,
         evt_handlers: list[Any] | None = None,
+        reuse: str = "",
     ) -> T:
-        """Associate, run ``work(association)`` in a worker thread, release; abort on cancellation."""
+        """Run ``work(association)`` in a worker thread on an association with ``contexts``;
+        abort it on cancellation. With ``reuse`` (a name for the contexts), an idle association
+        of that name is taken if one is left, and the association is kept for the next call
+        instead of being released; one that turns out dead is replaced once."""
         current: dict[str, Association] = {}
         cancelled = threading.Event()
 
-        def in_thread() -> T:
-            ae = self.application_entity()
-            association = ae.associate(
-                self.node.host,
-                self.node.port,
-                contexts=list(contexts),
-                ae_title=self.node.ae_title,
-                ext_neg=ext_neg,
-                evt_handlers=evt_handlers,
-            )
+        def attempt(association: Association) -> T:
             current["association"] = association
-            if not association.is_established:
-                raise PacsError(_why_not_established(association, self))
+            if cancelled.is_set():
+                raise PacsError("cancelled")
+            return work(association)
+
+        def in_thread() -> T:
+            association = self._idle.take(reuse) if reuse else None
             try:
-                if cancelled.is_set():
-                    raise PacsError("cancelled")
-                return work(association)
+                if association is not None:
+                    try:
+                        return attempt(association)
+                    except PacsError:
+                        if association.is_established:
+                            raise
+                        log.debug("idle association with %s was gone; opening a new one", self)
+                association = self._associate(contexts, ext_neg, evt_handlers)
+                return attempt(association)
             finally:
-                if association.is_established:
-                    association.release()
+                if association is not None and association.is_established:
+                    if not (reuse and self._idle.keep(reuse, association)):
+                        association.release()
 
         try:
             return await trio.to_thread.run_sync(in_thread, limiter=self.limiter, abandon_on_cancel=True)
@@ -105,6 +114,60 @@ class DimsePeer:
             if (association := current.get("association")) is not None:
                 association.abort()
             raise
+
+    def _associate(self, contexts, ext_neg, evt_handlers) -> Association:  # type: ignore[no-untyped-def]
+        association = self.application_entity().associate(
+            self.node.host,
+            self.node.port,
+            contexts=list(contexts),
+            ae_title=self.node.ae_title,
+            ext_neg=ext_neg,
+            evt_handlers=evt_handlers,
+        )
+        if not association.is_established:
+            raise PacsError(_why_not_established(association, self))
+        return association
+
+    def close(self) -> None:
+        """Release the idle associations (at unmount)."""
+        self._idle.release_all()
+
+
+class _IdleAssociations:
+    """Established associations kept between operations, by name, for ``max_idle`` seconds (peers
+    close idle ones themselves after a while: Orthanc after 5 s by default)."""
+
+    def __init__(self, max_idle: float = 3.0, max_count: int = 2) -> None:
+        self.max_idle = max_idle
+        self.max_count = max_count
+        self._lock = threading.Lock()
+        self._idle: list[tuple[str, float, Association]] = []
+
+    def take(self, name: str) -> Association | None:
+        now = time.monotonic()
+        with self._lock:
+            stale = [entry for entry in self._idle if now - entry[1] > self.max_idle]
+            self._idle = [entry for entry in self._idle if entry not in stale]
+            found = next((entry for entry in self._idle if entry[0] == name), None)
+            if found is not None:
+                self._idle.remove(found)
+        for _, _, association in stale:
+            association.release()
+        return found[2] if found is not None and found[2].is_established else None
+
+    def keep(self, name: str, association: Association) -> bool:
+        with self._lock:
+            if sum(entry[0] == name for entry in self._idle) >= self.max_count:
+                return False
+            self._idle.append((name, time.monotonic(), association))
+            return True
+
+    def release_all(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, _, association in idle:
+            if association.is_established:
+                association.release()
 
 
 def _why_not_established(association: Association, peer: DimsePeer) -> str:

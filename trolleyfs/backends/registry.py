@@ -56,6 +56,7 @@ class Backends:
                 network_timeout=config.network_timeout or config.timeout,
                 max_associations=config.max_associations,
             )
+            self._stack.callback(self._peer.close)
         return self._peer
 
     def _storage_scp(self) -> StorageSCP:
