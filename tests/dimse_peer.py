@@ -8,6 +8,7 @@ import threading
 import time
 
 import pydicom
+import trio
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
@@ -30,6 +31,7 @@ class FakeDimsePeer:
         """normal | reject | fail | hang | abort-after-N (C-GET sends N instances, then aborts)"""
         self.gets = 0
         self.associations = 0
+        self.aborted: trio.Event | None = None
         self._server = None
         self.released = threading.Event()
 
@@ -38,6 +40,11 @@ class FakeDimsePeer:
         return f"dicom://{self.ae_title}@127.0.0.1:{self.port}"
 
     def __enter__(self) -> FakeDimsePeer:
+        try:
+            self.aborted = trio.Event()
+            self._token = trio.lowlevel.current_trio_token()
+        except RuntimeError:  # not inside trio: nobody will wait for the event
+            self._token = None
         ae = AE(ae_title=self.ae_title)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
@@ -52,6 +59,7 @@ class FakeDimsePeer:
                 (evt.EVT_C_FIND, self._find),
                 (evt.EVT_C_GET, self._get),
                 (evt.EVT_ACCEPTED, self._accepted),
+                (evt.EVT_ABORTED, self._on_abort),
             ],
         )
         return self
@@ -67,6 +75,10 @@ class FakeDimsePeer:
             if all(not identifier.get(key) or ds.get(key) == identifier.get(key) for key in keys)
         ]
 
+    def _on_abort(self, event) -> None:
+        if self._token is not None:
+            trio.from_thread.run_sync(self.aborted.set, trio_token=self._token)
+
     def _accepted(self, event) -> None:
         self.associations += 1
 
@@ -75,7 +87,11 @@ class FakeDimsePeer:
             yield 0xA700, None
             return
         if self.mode == "hang":
-            self.released.wait(60)
+            deadline = time.monotonic() + 60
+            while not self.released.wait(0.05) and time.monotonic() < deadline:
+                if event.assoc.dul.state_machine.current_state == "Sta1":  # the peer aborted
+                    self._on_abort(event)
+                    return
         for ds in self._matching(event.identifier):
             answer = Dataset()
             for element in event.identifier:

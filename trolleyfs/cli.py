@@ -52,8 +52,9 @@ def _options(raw: list[str]) -> dict[str, str]:
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s trolleyfs %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if level != "DEBUG":  # one line per request is debugging detail
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    if level != "DEBUG":  # a line per request or association is debugging detail
+        for chatty in ("httpx", "pynetdicom"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,3 +108,22 @@ def test_browsing_reuses_c_find_associations(mount, peer):
         searches = mounted.stats()["searches"]
         assert len(files) == 80 and searches > 10
         assert peer.associations <= 3
+
+
+async def test_a_cancelled_search_aborts_its_association(peer):
+    import trio
+
+    from trolleyfs.backends.dicom_qr import DicomQR
+    from trolleyfs.backends.dimse import DimsePeer
+    from trolleyfs.config import parse_dimse_url
+    from trolleyfs.model import Query
+
+    peer.mode = "hang"
+    with peer:
+        dimse = DimsePeer(parse_dimse_url(peer.url), calling_aet="TEST", acse_timeout=5, dimse_timeout=30,
+                          network_timeout=30)
+        with trio.move_on_after(0.5) as scope:
+            await DicomQR(dimse).find_studies(Query())
+        assert scope.cancelled_caught
+        with trio.fail_after(10):
+            await peer.aborted.wait()

@@ -36,7 +36,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from pynetdicom import AE, build_context, build_role, evt
+from pynetdicom import AllStoragePresentationContexts, build_context, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
@@ -221,8 +221,8 @@ class StorageSCP:
     def start(self) -> None:
         ae = self._peer.application_entity()
         ae.ae_title = self.ae_title
-        for uid in DEFAULT_STORAGE_CLASSES:
-            ae.add_supported_context(uid, COMMON + [ExplicitVRBigEndian])
+        for context in AllStoragePresentationContexts:  # an SCP may accept more than 128 contexts
+            ae.add_supported_context(context.abstract_syntax, COMMON + [ExplicitVRBigEndian])
         try:
             self._server = ae.start_server(
                 self.address, block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
