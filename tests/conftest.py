@@ -72,6 +72,11 @@ def orthanc_instances(orthanc: Orthanc) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
+def orthanc_patients(orthanc_instances: list[dict]) -> int:
+    return len({i["PatientID"] for i in orthanc_instances})
+
+
+@pytest.fixture(scope="session")
 def sample_files() -> list[bytes]:
     return list(generate(SampleSpec()))
 

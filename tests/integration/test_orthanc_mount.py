@@ -130,7 +130,7 @@ def test_dcmdump_and_pydicom_read_files_in_place(mount, backend, orthanc, orthan
     assert (dataset.pixel_array == reference.pixel_array).all()
 
 
-def test_stopped_pacs_gives_eio_in_time_and_the_mount_recovers(mount, backend, orthanc, orthanc_instances):
+def test_stopped_pacs_gives_eio_in_time_and_the_mount_recovers(mount, backend, orthanc, orthanc_patients):
     mounted = mount(backend.source, timeout=2, retries=1, listing_ttl=0, **backend.options)
     files = mounted.files()
     orthanc.stop()
@@ -145,7 +145,7 @@ def test_stopped_pacs_gives_eio_in_time_and_the_mount_recovers(mount, backend, o
     finally:
         orthanc.start()
     assert files[0].read_bytes()[128:132] == b"DICM"
-    assert len(list(mounted.patients.iterdir())) == 4
+    assert len(list(mounted.patients.iterdir())) == orthanc_patients
 
 
 def test_restarted_daemon_reuses_its_cache(mount, backend, orthanc_instances):
@@ -213,7 +213,7 @@ def test_series_read_ahead_gives_the_same_bytes_in_two_requests_per_series(mount
     assert stats["download_requests"] == 2 * series_count
 
 
-def test_mount_without_f_returns_when_ready_and_umount_ends_the_daemon(orthanc, fuse_available, tmp_path):
+def test_mount_without_f_returns_when_ready_and_umount_ends_the_daemon(orthanc, orthanc_patients, fuse_available, tmp_path):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     command = [sys.executable, "-m", "trolleyfs", "mount", orthanc.dicomweb_url, str(mountpoint),
@@ -224,7 +224,7 @@ def test_mount_without_f_returns_when_ready_and_umount_ends_the_daemon(orthanc, 
     assert pids
     try:
         assert os.path.ismount(mountpoint)
-        assert len(list((mountpoint / "patients").iterdir())) == 4
+        assert len(list((mountpoint / "patients").iterdir())) == orthanc_patients
     finally:
         subprocess.run(["umount", str(mountpoint)], check=True)
     assert _exits(pids)

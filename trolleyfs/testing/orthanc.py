@@ -112,7 +112,7 @@ class Orthanc(DicomWebEndpoints):
                 response.raise_for_status()
 
     def instances(self) -> list[dict]:
-        """Every stored instance with its UIDs, PatientID, Orthanc id and file size."""
+        """Every stored instance: its Orthanc id, UIDs, PatientID, StudyDate and Modality."""
         with httpx.Client(base_url=self.base_url, timeout=60) as client:
             result = []
             for orthanc_id in client.get("/instances").json():
@@ -124,6 +124,8 @@ class Orthanc(DicomWebEndpoints):
                         "StudyInstanceUID": tags["StudyInstanceUID"],
                         "SeriesInstanceUID": tags["SeriesInstanceUID"],
                         "SOPInstanceUID": tags["SOPInstanceUID"],
+                        "StudyDate": tags.get("StudyDate", ""),
+                        "Modality": tags.get("Modality", ""),
                     }
                 )
             return result
