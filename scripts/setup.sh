@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # Installs what trolleyfs needs on a fresh Debian machine (run as root): system packages when
 # missing, a .venv next to this checkout, and the package itself (editable, with test extras).
+#   scripts/setup.sh            everything, for the demo and the tests (Orthanc, dcmtk too)
+#   scripts/setup.sh runtime    only what a mount needs (the Dockerfile uses this)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=${1:-all}
 
-apt_packages=(fuse3 iproute2 util-linux libfuse3-dev pkg-config orthanc orthanc-dicomweb dcmtk)
+apt_packages=(fuse3 iproute2 util-linux libfuse3-dev pkg-config)
+extras='.[test]'
+if [ "$mode" = runtime ]; then
+    extras='.'
+else
+    apt_packages+=(orthanc orthanc-dicomweb dcmtk)
+fi
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -20,4 +29,12 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e "$extras"
+
+# Where mount(8) and systemd find trolleyfs: `mount -t trolleyfs`, `mount -t fuse.trolleyfs`, fstab.
+if [ -w /usr/sbin ] && [ -w /usr/local/bin ]; then
+    for helper in mount.trolleyfs mount.fuse.trolleyfs; do
+        ln -sf "$PWD/.venv/bin/$helper" "/usr/sbin/$helper"
+    done
+    ln -sf "$PWD/.venv/bin/trolleyfs" /usr/local/bin/trolleyfs
+fi

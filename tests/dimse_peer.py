@@ -66,6 +66,8 @@ class FakeDimsePeer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.released.set()
+        for association in self._server.active_associations:  # go down like a stopped PACS
+            association.abort()
         self._server.shutdown()
 
     def _matching(self, identifier: Dataset) -> list[Dataset]:

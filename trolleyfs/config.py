@@ -7,8 +7,10 @@ command line, a TOML file (``config=FILE``), environment variables ``TROLLEYFS_<
 
 from __future__ import annotations
 
+import grp
 import hashlib
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Mapping
@@ -35,6 +37,17 @@ def parse_size(value: Any) -> int:
 
 
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+
+
+def _user_or_group_id(value: Any, lookup: Any) -> Any:
+    """`4321` or `radiology` -> a number (names are looked up in the system's user/group database)."""
+    if not isinstance(value, str) or value.isdigit():
+        return value
+    try:
+        entry = lookup(value)
+    except KeyError:
+        raise ValueError(f"no such user or group: {value!r}") from None
+    return entry[2]
 
 
 def _default_cache_root() -> Path:
@@ -84,8 +97,20 @@ class Config(BaseModel):
     """Seconds a DIMSE connection may stay silent; empty means `timeout`."""
     username: str = ""
     """HTTP basic-auth user for every DICOMweb request; empty means no authentication."""
-    password: str = ""
-    """HTTP basic-auth password."""
+    password: str = Field(default="", repr=False)
+    """HTTP basic-auth password. A secret: only from `credentials_file` or `TROLLEYFS_PASSWORD`,
+    never from the command line or the config file."""
+    token: str = Field(default="", repr=False)
+    """HTTP bearer token, instead of basic auth. A secret, like `password`."""
+    credentials_file: Path | None = None
+    """TOML file with `username` and `password`, or `token`; it must not be readable by group or
+    others (mode 0600), or the mount is refused."""
+    ca_bundle: Path | None = None
+    """PEM file of the certificate authorities to trust for https:// (default: the system's)."""
+    client_cert: Path | None = None
+    """PEM client certificate for https:// (with its key, or see `client_key`)."""
+    client_key: Path | None = None
+    """PEM key of `client_cert`, if not in the same file."""
     timeout: float = Field(default=30.0, gt=0)
     """Seconds the PACS may take to accept a connection or between two pieces of an answer; past it
     the attempt fails (and, after the retries, the file operation gets EIO). A search gives up
@@ -110,7 +135,22 @@ class Config(BaseModel):
     """Opening a file that is not cached yet also starts a background download of the rest of its
     series, when the series is estimated at no more than this many bytes; 0 turns read-ahead off."""
     allow_other: bool = False
-    """Let users other than the one who mounted read the filesystem (FUSE `allow_other`)."""
+    """Let users other than the one who mounted read the filesystem (FUSE `allow_other`; a
+    non-root user also needs `user_allow_other` in /etc/fuse.conf). The kernel then checks `uid`,
+    `gid` and `umask` like on any filesystem."""
+    uid: Annotated[int | None, BeforeValidator(lambda value: _user_or_group_id(value, pwd.getpwnam))] = Field(
+        default=None, ge=0
+    )
+    """Owner of every file and directory, a user name or number; default the user who mounted."""
+    gid: Annotated[int | None, BeforeValidator(lambda value: _user_or_group_id(value, grp.getgrnam))] = Field(
+        default=None, ge=0
+    )
+    """Group of every file and directory, a group name or number; default the mounting user's group."""
+    umask: Annotated[int, BeforeValidator(lambda value: int(value, 8) if isinstance(value, str) else value)] = Field(
+        default=0o022, ge=0, le=0o777
+    )
+    """Permission bits taken away from r-x (directories) and r-- (files), in octal: `027` keeps
+    others out, `077` leaves the owner alone."""
     log_level: Annotated[
         Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(lambda value: str(value).upper())
     ] = "INFO"
@@ -223,6 +263,26 @@ def options_from_environment(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+SECRET_OPTIONS = frozenset({"password", "token"})
+
+
+def read_credentials(path: Path) -> dict[str, str]:
+    """`username`/`password` or `token` from a TOML file that only its owner can read."""
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"credentials file {path} is readable by others (mode {mode & 0o777:03o}); chmod 600 it"
+            )
+        values = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read credentials file {path}: {exc}") from exc
+    unknown = sorted(set(values) - {"username", "password", "token"})
+    if unknown:
+        raise ConfigError(f"credentials file {path} may hold username, password, token only, not {', '.join(unknown)}")
+    return {key: str(value) for key, value in values.items()}
+
+
 def load_config(
     cli_options: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> Config:
@@ -237,7 +297,15 @@ def load_config(
             from_file = tomllib.loads(Path(config_file).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
-    merged = {**env, **from_file, **cli}
+    for source_name, values in (("the command line", cli), (f"config file {config_file}", from_file)):
+        if leaked := sorted(SECRET_OPTIONS & values.keys()):
+            raise ConfigError(
+                f"{', '.join(leaked)} may not be given on {source_name} (it would be visible to others); "
+                "use credentials_file=FILE (mode 0600) or the environment (TROLLEYFS_PASSWORD, TROLLEYFS_TOKEN)"
+            )
+    credentials_file = cli.get("credentials_file") or from_file.get("credentials_file") or env.get("credentials_file")
+    secrets = read_credentials(Path(credentials_file)) if credentials_file else {}
+    merged = {**env, **secrets, **from_file, **cli}
     try:
         return Config.model_validate(merged)
     except ValidationError as exc:

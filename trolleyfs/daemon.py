@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,8 +22,11 @@ import trio
 
 from trolleyfs.backends.registry import Backends
 from trolleyfs.cache import InstanceCache
+from trolleyfs.commands import cache_lock
 from trolleyfs.config import Config
-from trolleyfs.errors import ConfigError, TrolleyError
+from trolleyfs.backends.base import Searcher
+from trolleyfs.errors import ConfigError, PacsRefused, TrolleyError, first_error
+from trolleyfs.model import Query
 from trolleyfs.fs.core import FileSystem
 from trolleyfs.fs.fuse import FuseOperations
 from trolleyfs.trolley import Trolley
@@ -51,6 +55,7 @@ async def serve(config: Config, mountpoint: Path, on_ready: Callable[[], None] =
     if not mountpoint.is_dir():
         raise ConfigError(f"mount point {mountpoint} is not a directory")
     async with AsyncExitStack() as stack:
+        stack.enter_context(cache_lock(config.resolved_cache_dir))
         backends = Backends(config, stack)
         cache = await InstanceCache.open(config.resolved_cache_dir, config.cache_size, config.min_free_space)
         trolley = Trolley(
@@ -61,13 +66,16 @@ async def serve(config: Config, mountpoint: Path, on_ready: Callable[[], None] =
             search_deadline=search_deadline(config),
         )
         await stack.enter_async_context(trolley.background_work())
+        await _probe(backends.searcher, config)
         filesystem = FileSystem(
             trolley,
             root_listing_limit=config.root_listing_limit,
             listing_ttl=config.listing_ttl,
             readahead_max=config.readahead_max,
+            backend_names=(config.resolved_searcher, config.resolved_downloader),
         )
-        pyfuse3.init(FuseOperations(filesystem), str(mountpoint), fuse_options(config))
+        operations = FuseOperations(filesystem, uid=config.uid, gid=config.gid, umask=config.umask)
+        pyfuse3.init(operations, str(mountpoint), fuse_options(config))
         try:
             log.info("mounted %s on %s (cache %s)", config.source, mountpoint, config.resolved_cache_dir)
             on_ready()
@@ -80,6 +88,21 @@ async def serve(config: Config, mountpoint: Path, on_ready: Callable[[], None] =
             log.info("unmounted %s", mountpoint)
 
 
+PROBE_QUERY = Query(StudyInstanceUID="1.2.826.0.1.3680043.8.498.1")  # a UID no PACS holds: a cheap search
+
+
+async def _probe(searcher: Searcher, config: Config) -> None:
+    """Ask the PACS one cheap question before mounting: refused credentials or AE titles fail the
+    mount at once; a PACS that is merely down does not (it may come back)."""
+    try:
+        with trio.fail_after(search_deadline(config)):
+            await searcher.find_studies(PROBE_QUERY)
+    except PacsRefused:
+        raise
+    except (TrolleyError, trio.TooSlowError) as exc:
+        log.warning("the PACS does not answer now (%s); mounting anyway", exc)
+
+
 async def _terminate_on_signal(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
@@ -88,23 +111,43 @@ async def _terminate_on_signal(scope: trio.CancelScope) -> None:
             return
 
 
+def notify_systemd(state: str) -> None:
+    """sd_notify(3) for `Type=notify` units: a datagram to $NOTIFY_SOCKET, if systemd set one."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        try:
+            notify.sendto(state.encode(), address)
+        except OSError as exc:
+            log.warning("cannot notify systemd: %s", exc)
+
+
 def run_foreground(config: Config, mountpoint: Path) -> int:
-    """The daemon's process: serve, telling a waiting parent (if any) when the mount is ready."""
+    """The daemon's process: serve, telling a waiting parent (if any) and systemd (if it
+    started us) when the mount is ready."""
     ready_fd = int(os.environ.pop(READY_FD_ENV, "-1"))
 
     def report(message: bytes) -> None:
         nonlocal ready_fd
+        if message == READY:
+            notify_systemd(f"READY=1\nSTATUS=serving {mountpoint}")
         if ready_fd >= 0:
             os.write(ready_fd, message)
             os.close(ready_fd)
             ready_fd = -1
 
     try:
-        trio.run(serve, config, mountpoint, lambda: report(READY))
+        with first_error():  # what ends the daemon is the first real error of its nurseries
+            trio.run(serve, config, mountpoint, lambda: report(READY))
     except (TrolleyError, RuntimeError, OSError) as exc:
         log.error("%s", exc)
         report(f"{exc}\n".encode())
         return 1
+    finally:
+        notify_systemd("STOPPING=1")
     return 0
 
 

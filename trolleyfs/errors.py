@@ -6,8 +6,9 @@
     ├── NotFound                   ENOENT  the PACS has no such patient, study, series or instance
     ├── ReadOnly                   EROFS   any attempt to change the filesystem
     ├── NeedsInstances             EIO     a downloader needs instance UIDs the reference lacks
-    ├── PacsError                  EIO     the PACS failed: unreachable, timed out, refused, garbage
-    │   └── PacsProtocolError      EIO     the PACS answered something that breaks the protocol
+    ├── PacsError                  EIO     the PACS failed: unreachable, timed out, garbage
+    │   ├── PacsProtocolError      EIO     the PACS answered something that breaks the protocol
+    │   └── PacsRefused            EACCES  the PACS refused us: credentials, AE title
     └── CacheError                 EIO     the disk cache cannot hold or publish a file
         └── CacheFull              ENOSPC  nothing evictable is left and the entry does not fit
 
@@ -56,6 +57,13 @@ class PacsError(TrolleyError):
 
 class PacsProtocolError(PacsError):
     """The PACS answered, but with something that does not follow the protocol."""
+
+
+class PacsRefused(PacsError):
+    """The PACS will not talk to us as configured (HTTP 401/403, association rejected): a mount
+    fails with this at once instead of showing an empty tree."""
+
+    errno = errno.EACCES
 
 
 class CacheError(TrolleyError):

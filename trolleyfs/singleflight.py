@@ -23,8 +23,9 @@ class SingleFlight(Generic[T]):
     def __init__(self) -> None:
         self._flights: dict[Hashable, _Flight[T]] = {}
 
-    def in_flight(self, key: Hashable) -> bool:
-        return key in self._flights
+    @property
+    def in_flight_count(self) -> int:
+        return len(self._flights)
 
     async def run(self, key: Hashable, work: Callable[[], Awaitable[T]]) -> T:
         while True:

@@ -126,6 +126,10 @@ class Trolley:
             raise PacsProtocolError(f"download of {reference.instance_uid} left nothing in the cache")
         return cached
 
+    @property
+    def downloads_in_flight(self) -> int:
+        return self._downloads.in_flight_count + len(self._read_aheads)
+
     def read_ahead(self, series: SeriesReference) -> None:
         """Start downloading ``series`` in the background, unless that is already under way."""
         if self._nursery is None or series.series_uid in self._read_aheads:

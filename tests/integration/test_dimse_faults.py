@@ -36,13 +36,22 @@ def test_c_get_files_keep_the_dataset_bytes_as_sent(mount, pacs, peer):
             assert dataset_bytes(path.read_bytes()) == dataset_bytes(stored(pacs, path))
 
 
-def test_a_refused_association_gives_eio_and_the_mount_stays_up(mount, pacs, peer):
+def test_a_refused_association_fails_the_mount_with_a_clear_error(mount, peer):
     peer.mode = "reject"
     with peer:
-        mounted = mount(peer.url, timeout=2, retries=0)
+        with pytest.raises(RuntimeError, match="rejected"):
+            mount(peer.url, timeout=2, retries=0)
+
+
+def test_a_refused_association_after_mounting_gives_eio_and_the_mount_stays_up(mount, pacs, peer):
+    with peer:
+        mounted = mount(pacs.dicomweb_url, searcher="dicom-qr", qr_url=peer.url, timeout=2, retries=0, listing_ttl=0)
+        assert len(list(mounted.patients.iterdir())) == 2
+    peer.mode = "reject"
+    with peer:
         with pytest.raises(OSError) as raised:
             list(mounted.patients.iterdir())
-        assert raised.value.errno == errno.EIO
+        assert raised.value.errno == errno.EACCES
         assert (mounted.path / ".trolleyfs" / "stats").exists()
         assert "rejected" in mounted.log_text()
 

@@ -26,7 +26,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
 
 from trolleyfs.config import DimseNode
-from trolleyfs.errors import PacsError
+from trolleyfs.errors import PacsError, PacsRefused
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,8 @@ class DimsePeer:
             ext_neg=ext_neg,
             evt_handlers=evt_handlers,
         )
+        if association.is_rejected:
+            raise PacsRefused(f"association with {self} rejected (check calling_aet and the called AE title)")
         if not association.is_established:
             raise PacsError(_why_not_established(association, self))
         return association

@@ -11,6 +11,7 @@ DICOM wildcard and separator characters ``* ? ^`` must travel raw or nothing mat
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from urllib.parse import quote
@@ -18,7 +19,7 @@ from urllib.parse import quote
 import httpx
 import trio
 
-from trolleyfs.errors import NotFound, PacsError, PacsProtocolError
+from trolleyfs.errors import NotFound, PacsError, PacsProtocolError, PacsRefused
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,13 @@ def build_url(base: str, path: str = "", params: Iterable[tuple[str, str]] = ())
     return f"{url}?{query}" if query else url
 
 
+def loggable(url: str) -> str:
+    """``url`` without its query string, which may hold patient names and IDs: logs and error
+    messages at INFO and above carry no patient data."""
+    path, sep, _ = url.partition("?")
+    return f"{path}?…" if sep else path
+
+
 class HttpSession:
     """A pooled client for one server, with retries and error translation."""
 
@@ -47,6 +55,8 @@ class HttpSession:
         max_connections: int,
         username: str = "",
         password: str = "",
+        token: str = "",
+        verify: ssl.SSLContext | bool = True,
         backoff: float = 0.2,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -56,6 +66,8 @@ class HttpSession:
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             auth=httpx.BasicAuth(username, password) if username else None,
+            headers={"Authorization": f"Bearer {token}"} if token else None,
+            verify=verify,
             transport=transport,
             follow_redirects=True,
         )
@@ -69,7 +81,7 @@ class HttpSession:
             try:
                 await response.aread()
             except httpx.HTTPError as exc:
-                raise PacsError(f"GET {url}: {_describe(exc)}") from exc
+                raise PacsError(f"GET {loggable(url)}: {_describe(exc)}") from exc
         return response
 
     @asynccontextmanager
@@ -79,7 +91,7 @@ class HttpSession:
         try:
             yield response
         except httpx.HTTPError as exc:
-            raise PacsError(f"GET {url}: {_describe(exc)}") from exc
+            raise PacsError(f"GET {loggable(url)}: {_describe(exc)}") from exc
         finally:
             with trio.CancelScope(shield=True):
                 await response.aclose()
@@ -91,9 +103,13 @@ class HttpSession:
             try:
                 response = await self._client.send(request, stream=True)
             except httpx.TransportError as exc:
+                if _untrusted_certificate(exc):
+                    raise PacsRefused(
+                        f"GET {loggable(url)}: the server's TLS certificate is not trusted (see ca_bundle=): {exc}"
+                    ) from exc
                 if last_attempt or not _retryable_transport_error(exc):
-                    raise PacsError(f"GET {url}: {_describe(exc)}") from exc
-                log.info("GET %s: %s; retrying", url, _describe(exc))
+                    raise PacsError(f"GET {loggable(url)}: {_describe(exc)}") from exc
+                log.info("GET %s: %s; retrying", loggable(url), _describe(exc))
                 await trio.sleep(self._delay(attempt, None))
                 continue
             if response.status_code < 300:
@@ -101,12 +117,14 @@ class HttpSession:
             body = await _short_body(response)
             await response.aclose()
             if response.status_code in RETRY_STATUSES and not last_attempt:
-                log.info("GET %s: HTTP %d; retrying", url, response.status_code)
+                log.info("GET %s: HTTP %d; retrying", loggable(url), response.status_code)
                 await trio.sleep(self._delay(attempt, response.headers.get("Retry-After")))
                 continue
-            message = f"GET {url}: HTTP {response.status_code} {body}".rstrip()
+            message = f"GET {loggable(url)}: HTTP {response.status_code} {body}".rstrip()
             if response.status_code == 404:
                 raise NotFound(message)
+            if response.status_code in (401, 403):
+                raise PacsRefused(f"GET {loggable(url)}: HTTP {response.status_code}: the PACS refused our credentials")
             if response.status_code in RETRY_STATUSES:
                 raise PacsError(message)
             raise PacsProtocolError(message)
@@ -124,15 +142,26 @@ def _retryable_transport_error(exc: httpx.TransportError) -> bool:
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError))
 
 
+def _untrusted_certificate(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
 def _describe(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def _short_body(response: httpx.Response) -> str:
+    """The start of an error answer, for the message; whatever the transport already read."""
     try:
-        chunk = b""
-        async for chunk in response.aiter_raw(512):
-            break
-        return chunk.decode("utf-8", "replace").strip()[:200]
-    except httpx.HTTPError:
+        if response.is_stream_consumed:
+            head = response.content[:512]
+        else:
+            head = await anext(response.aiter_raw(512), b"")
+    except (httpx.HTTPError, httpx.StreamError):
         return ""
+    return head.decode("utf-8", "replace").strip()[:200]

@@ -11,7 +11,7 @@ import json
 import re
 
 from trolleyfs.backends.dicom_json import record_from_dicom_json
-from trolleyfs.backends.http import HttpSession, build_url
+from trolleyfs.backends.http import HttpSession, build_url, loggable
 from trolleyfs.errors import PacsProtocolError
 from trolleyfs.model import Query, QueryLevel, Study, build_studies
 from pydicom.datadict import tag_for_keyword
@@ -58,9 +58,9 @@ class QidoRS:
         try:
             datasets = json.loads(response.content)
         except ValueError as exc:
-            raise PacsProtocolError(f"QIDO-RS {url}: answer is not JSON: {exc}") from exc
+            raise PacsProtocolError(f"QIDO-RS {loggable(url)}: answer is not JSON: {exc}") from exc
         if not isinstance(datasets, list):
-            raise PacsProtocolError(f"QIDO-RS {url}: answer is not a JSON array")
+            raise PacsProtocolError(f"QIDO-RS {loggable(url)}: answer is not a JSON array")
         return [record_from_dicom_json(dataset) for dataset in datasets]
 
 

@@ -3,6 +3,7 @@ per server and one DIMSE peer, and starting the storage SCP that C-MOVE needs.""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from urllib.parse import urlsplit
@@ -16,6 +17,16 @@ from trolleyfs.backends.qido_rs import QidoRS
 from trolleyfs.backends.wado_rs import WadoRS
 from trolleyfs.backends.wado_uri import WadoURI
 from trolleyfs.config import Config
+
+
+def tls_verification(config: Config) -> ssl.SSLContext | bool:
+    """The TLS settings of https:// requests: the system's CAs unless told otherwise."""
+    if not (config.ca_bundle or config.client_cert):
+        return True
+    context = ssl.create_default_context(cafile=str(config.ca_bundle) if config.ca_bundle else None)
+    if config.client_cert:
+        context.load_cert_chain(str(config.client_cert), str(config.client_key) if config.client_key else None)
+    return context
 
 
 class Backends:
@@ -40,6 +51,8 @@ class Backends:
                 max_connections=config.max_connections,
                 username=config.username,
                 password=config.password,
+                token=config.token,
+                verify=tls_verification(config),
             )
             self._stack.push_async_callback(session.aclose)
             self._sessions[server] = session

@@ -8,7 +8,9 @@ adapter decides nothing.
 
 from __future__ import annotations
 
+import errno
 import itertools
+from collections import Counter
 import json
 import logging
 import os
@@ -61,8 +63,12 @@ class FileSystem:
         root_listing_limit: int = 1000,
         listing_ttl: float = 60.0,
         readahead_max: int = 512 * 1024**2,
+        backend_names: tuple[str, str] = ("", ""),
     ) -> None:
         self.trolley = trolley
+        self.backend_names = backend_names
+        """(searcher, downloader), for the stats."""
+        self.errors: Counter[str] = Counter()
         self.readahead_max = readahead_max
         self.root_listing_limit = root_listing_limit
         self.listing_ttl = listing_ttl
@@ -253,10 +259,19 @@ class FileSystem:
 
     # --- the stats file ------------------------------------------------------------------------
 
+    def count_error(self, errno_value: int) -> None:
+        """Note an error returned to a program (ENOENT, a plain "no such name", is not one)."""
+        if errno_value != errno.ENOENT:
+            self.errors[errno.errorcode.get(errno_value, str(errno_value))] += 1
+
     def stats(self) -> dict[str, Any]:
         cache = self.trolley.cache
         return {
             **dict(self.trolley.stats),
+            "searcher": self.backend_names[0],
+            "downloader": self.backend_names[1],
+            "downloads_in_flight": self.trolley.downloads_in_flight,
+            "errors": dict(self.errors),
             "cache_files": len(cache),
             "cache_bytes": cache.total_bytes,
             "cache_max_bytes": cache.max_bytes,

@@ -35,28 +35,31 @@ def errno_boundary(handler: F) -> F:
         except TrolleyError as exc:
             level = logging.DEBUG if exc.errno == errno.ENOENT else logging.WARNING
             log.log(level, "%s: %s", handler.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno) from None
+            failed = exc.errno
         except OSError as exc:
             log.warning("%s: %s", handler.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+            failed = exc.errno or errno.EIO
         except Exception:
             log.exception("%s failed unexpectedly", handler.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            failed = errno.EIO
+        self.fs.count_error(failed)
+        raise pyfuse3.FUSEError(failed)
 
     return guarded  # type: ignore[return-value]
 
 
 class FuseOperations(pyfuse3.Operations):
-    def __init__(self, filesystem: FileSystem) -> None:
+    def __init__(self, filesystem: FileSystem, uid: int | None = None, gid: int | None = None, umask: int = 0o022) -> None:
         super().__init__()
         self.fs = filesystem
-        self._uid = os.getuid()
-        self._gid = os.getgid()
+        self._uid = os.getuid() if uid is None else uid
+        self._gid = os.getgid() if gid is None else gid
+        self._umask = umask
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = node.inode
-        attrs.st_mode = node.mode
+        attrs.st_mode = node.mode & ~self._umask
         attrs.st_nlink = 2 if node.key.kind.is_dir else 1
         attrs.st_size = node.size
         attrs.st_uid = self._uid

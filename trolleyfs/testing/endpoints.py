@@ -7,10 +7,11 @@ class DicomWebEndpoints:
     """Mixed into a server class that knows its ``http_port``."""
 
     http_port: int
+    scheme = "http"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def dicomweb_url(self) -> str:

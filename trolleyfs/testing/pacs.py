@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
 import uuid
 from collections import Counter
@@ -104,7 +105,7 @@ class Faults:
 
 
 class EmbeddedPacs(DicomWebEndpoints):
-    def __init__(self, files: Iterable[bytes] = ()) -> None:
+    def __init__(self, files: Iterable[bytes] = (), tls: ssl.SSLContext | None = None) -> None:
         self.instances: dict[str, StoredInstance] = {}
         self.counts: Counter[str] = Counter()
         self.faults = Faults()
@@ -113,6 +114,10 @@ class EmbeddedPacs(DicomWebEndpoints):
         self._connections: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
         self.http_port = 0
+        self.tls = tls
+        """Serve https:// with this server-side context (tests of ca_bundle and client certificates)."""
+        if tls is not None:
+            self.scheme = "https"
         for data in files:
             self.add(data)
 
@@ -133,6 +138,8 @@ class EmbeddedPacs(DicomWebEndpoints):
         self._server = ThreadingHTTPServer(("127.0.0.1", self.http_port), handler)
         self._server.daemon_threads = True
         self.http_port = self._server.server_address[1]
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="embedded-pacs", daemon=True)
         self._thread.start()
         return self
