@@ -53,8 +53,10 @@ class QidoRS:
     async def _page(self, path: str, params: list[tuple[str, str]]) -> list[dict]:
         url = build_url(self.url, path, params)
         response = await self.session.get(url, ACCEPT_JSON)
-        if response.status_code == 204 or not response.content.strip():
+        if response.status_code == 204:
             return []
+        if not response.content.strip():
+            raise PacsProtocolError(f"QIDO-RS {loggable(url)}: HTTP 200 with an empty body (no results is 204 or [])")
         try:
             datasets = json.loads(response.content)
         except ValueError as exc:

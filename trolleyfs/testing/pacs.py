@@ -24,6 +24,7 @@ import logging
 import re
 import socket
 import ssl
+import struct
 import threading
 import uuid
 from collections import Counter
@@ -69,8 +70,10 @@ class Fault:
     kind: str
     """Request kind it applies to: qido, wado-rs, wado-uri, or * for all."""
     action: str
-    """status | hang | garbage | truncate"""
+    """status | hang | garbage | empty | truncate | stall | wrong-instance | not-dicom | kill"""
     status: int = 503
+    retry_after: int | None = None
+    """With action status: the Retry-After header to send."""
     remaining: int | None = None
     """How many requests it still spoils; None means until cleared."""
 
@@ -82,9 +85,11 @@ class Faults:
     released: threading.Event = field(default_factory=threading.Event)
     """Set to let hanging requests go (they also give up after 120 s)."""
 
-    def add(self, kind: str, action: str, *, status: int = 503, count: int | None = None) -> None:
+    def add(
+        self, kind: str, action: str, *, status: int = 503, count: int | None = None, retry_after: int | None = None
+    ) -> None:
         with self._lock:
-            self._faults.append(Fault(kind, action, status, count))
+            self._faults.append(Fault(kind, action, status=status, retry_after=retry_after, remaining=count))
         self.released.clear()
 
     def clear(self) -> None:
@@ -229,19 +234,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.pacs._counted(kind)
         fault = self.pacs.faults.take(kind)
         if fault is not None and fault.action == "status":
-            return self._error(fault.status, "injected fault")
+            return self._error(fault.status, "injected fault", fault.retry_after)
         if fault is not None and fault.action == "hang":
             self.pacs.faults.released.wait(120)
             self.close_connection = True
             return None
         if fault is not None and fault.action == "garbage":
-            return self._send(200, "application/dicom+json" if kind == "qido" else "multipart/related", b"<html>oops")
-        truncate = fault is not None and fault.action == "truncate"
+            body = b'[{"0020000D": {"vr": "UI", "Val' if kind == "qido" else b"<html>oops"
+            return self._send(200, "application/dicom+json" if kind == "qido" else "multipart/related", body)
+        if fault is not None and fault.action == "empty":
+            content_type = "application/dicom+json" if kind == "qido" else "application/dicom"
+            if kind == "wado-rs":
+                content_type = 'multipart/related; type="application/dicom"; boundary=b'
+            return self._send(200, content_type, b"--b--\r\n" if kind == "wado-rs" else b"")
+        corruption = fault.action if fault is not None else ""
         if kind == "qido":
             return self._qido(segments[1:], params)
         if kind == "wado-rs":
-            return self._wado_rs(segments[1:], truncate)
-        return self._wado_uri(dict(params), truncate)
+            return self._wado_rs(segments[1:], corruption)
+        return self._wado_uri(dict(params), corruption)
 
     # --- QIDO-RS ----------------------------------------------------------------------------------
 
@@ -269,7 +280,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- WADO-RS ----------------------------------------------------------------------------------
 
-    def _wado_rs(self, segments: list[str], truncate: bool) -> None:
+    def _corrupted(self, instance: StoredInstance, corruption: str) -> bytes:
+        if corruption == "wrong-instance":
+            return next(other.data for uid, other in self.pacs.instances.items() if other is not instance)
+        if corruption == "not-dicom":
+            return bytes(range(256)) * (len(instance.data) // 256 + 1)
+        return instance.data
+
+    def _wado_rs(self, segments: list[str], corruption: str) -> None:
         accept = self.headers.get("Accept", "")
         if "multipart/related" not in accept or "application/dicom" not in accept:
             return self._error(406, "WADO-RS here answers multipart/related; type=application/dicom only")
@@ -286,12 +304,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         for index, instance in enumerate(instances):
-            head = f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(instance.data)}\r\n\r\n"
+            data = self._corrupted(instance, corruption)
+            head = f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n"
             self.wfile.write(head.encode())
-            if truncate and index == len(instances) // 2:
-                self.wfile.write(instance.data[: len(instance.data) // 2])
+            if corruption in ("truncate", "kill", "stall") and index == len(instances) // 2:
+                self.wfile.write(data[: len(data) // 2])
+                if corruption == "stall":  # half an instance, then silence until released
+                    self.wfile.flush()
+                    self.pacs.faults.released.wait(120)
+                if corruption == "kill":  # the server dies: the connection is reset, not closed
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return
-            self._write_chunked(instance.data)
+            self._write_chunked(data)
             self.wfile.write(b"\r\n")
         self.wfile.write(f"--{boundary}--\r\n".encode())
 
@@ -302,7 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- WADO-URI ---------------------------------------------------------------------------------
 
-    def _wado_uri(self, params: dict[str, str], truncate: bool) -> None:
+    def _wado_uri(self, params: dict[str, str], corruption: str) -> None:
         if params.get("requestType") != "WADO":
             return self._error(400, "requestType must be WADO")
         if params.get("contentType") != "application/dicom":
@@ -310,27 +334,30 @@ class _Handler(BaseHTTPRequestHandler):
         instance = self.pacs.instances.get(params.get("objectUID", ""))
         if instance is None or instance.value("SeriesInstanceUID") != params.get("seriesUID"):
             return self._error(404, "no such instance")
-        if truncate:
+        data = self._corrupted(instance, corruption)
+        if corruption in ("truncate", "kill"):
             self.send_response(200)
             self.send_header("Content-Type", "application/dicom")
-            self.send_header("Content-Length", str(len(instance.data)))
+            self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(instance.data[: len(instance.data) // 2])
+            self.wfile.write(data[: len(data) // 2])
             self.close_connection = True
             return
-        self._send(200, "application/dicom", instance.data)
+        self._send(200, "application/dicom", data)
 
     # --- plumbing ---------------------------------------------------------------------------------
 
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
+    def _send(self, status: int, content_type: str, body: bytes, retry_after: int | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        if retry_after is not None:
+            self.send_header("Retry-After", str(retry_after))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self._write_chunked(body)
 
-    def _error(self, status: int, message: str) -> None:
-        self._send(status, "text/plain", message.encode())
+    def _error(self, status: int, message: str, retry_after: int | None = None) -> None:
+        self._send(status, "text/plain", message.encode(), retry_after)
 
 
 def _keyword(key: str) -> str:
