@@ -46,8 +46,13 @@ LISTING_FAILS = [("qido", action, extra) for action, extra in
                  [("garbage", {}), ("empty", {}), ("status", {"status": 500}), ("hang", {})]]
 
 
-def downloader_options(pacs, kind: str) -> dict:
-    return {"downloader": "wado-uri", "wado_uri_url": pacs.wado_uri_url} if kind == "wado-uri" else {}
+def first_file_with_fault(mount, pacs, kind: str, action: str, extra: dict):
+    """A mount reading single instances over ``kind``, its first file, and the fault armed."""
+    options = {"downloader": "wado-uri", "wado_uri_url": pacs.wado_uri_url} if kind == "wado-uri" else {}
+    mounted = mount(pacs.dicomweb_url, timeout=TIMEOUT, retries=1, readahead_max=0, **options)
+    path = mounted.files()[0]
+    pacs.faults.add(kind, action, **extra)
+    return mounted, path
 
 
 def stored(pacs: EmbeddedPacs, path: Path) -> bytes:
@@ -63,9 +68,7 @@ def assert_cache_holds_only_whole_instances(pacs: EmbeddedPacs, cache_dir: Path)
 
 @pytest.mark.parametrize(("kind", "action", "extra"), FAILS, ids=[f"{k}-{a}-{e}" for k, a, e in FAILS])
 def test_a_failing_download_gives_eio_in_bounded_time_and_never_wrong_bytes(mount, pacs, kind, action, extra):
-    mounted = mount(pacs.dicomweb_url, timeout=TIMEOUT, retries=1, readahead_max=0, **downloader_options(pacs, kind))
-    path = mounted.files()[0]
-    pacs.faults.add(kind, action, **extra)
+    mounted, path = first_file_with_fault(mount, pacs, kind, action, extra)
     started = time.monotonic()
     with pytest.raises(OSError) as raised:
         path.read_bytes()
@@ -79,9 +82,7 @@ def test_a_failing_download_gives_eio_in_bounded_time_and_never_wrong_bytes(moun
 
 @pytest.mark.parametrize(("kind", "action", "extra"), RECOVERS, ids=[f"{k}-{e}" for k, a, e in RECOVERS])
 def test_a_passing_fault_is_retried_and_gives_the_right_bytes(mount, pacs, kind, action, extra):
-    mounted = mount(pacs.dicomweb_url, timeout=TIMEOUT, retries=1, readahead_max=0, **downloader_options(pacs, kind))
-    path = mounted.files()[0]
-    pacs.faults.add(kind, action, **extra)
+    _, path = first_file_with_fault(mount, pacs, kind, action, extra)
     started = time.monotonic()
     assert path.read_bytes() == stored(pacs, path)
     if extra.get("retry_after"):
