@@ -43,7 +43,7 @@ _disk_limiter = trio.CapacityLimiter(4)
 
 
 def _key(uid: str) -> str:
-    return hashlib.sha256(uid.encode()).hexdigest()
+    return hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True)

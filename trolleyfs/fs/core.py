@@ -109,7 +109,10 @@ class FileSystem:
 
     async def _lookup_patient(self, name: str) -> Node:
         patient_id = patient_id_from_name(name)
-        if patient_id is None:
+        if patient_id is None:  # a shortened name of an overlong PatientID: only listing knows it
+            listed = await self._children(self.inodes.node_for(NodeKey(Kind.PATIENTS)))
+            if name in listed:
+                return listed[name]
             raise NotFound(f"{name!r} does not name a PatientID")
         node = self.inodes.node_for(NodeKey(Kind.PATIENT, patient_id=patient_id))
         if not await self._children(node):

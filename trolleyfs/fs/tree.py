@@ -19,6 +19,7 @@ Naming rules (docs/semantics.md repeats them for users):
 from __future__ import annotations
 
 import calendar
+import hashlib
 import enum
 import re
 import stat
@@ -32,14 +33,19 @@ _PATIENT_SAFE = " !#$&'()+,-.;=@[]^_`{|}~"
 _EMPTY_PATIENT_ID = "%"
 _UNSAFE_PART = re.compile(r"[^A-Za-z0-9 +.-]+")
 _MAX_PART = 48
+_MAX_NAME = 240  # bytes; the kernel allows 255 (names here are ASCII)
 
 
 def patient_dir_name(patient_id: str) -> str:
     if not patient_id:
         return _EMPTY_PATIENT_ID
-    name = quote(patient_id, safe=_PATIENT_SAFE)
+    # surrogateescape: a PatientID that was not valid UTF-8 keeps its bytes, percent-encoded
+    name = quote(patient_id, safe=_PATIENT_SAFE, errors="surrogateescape")
     if name.startswith("."):
         name = "%2E" + name[1:]
+    if len(name) > _MAX_NAME:  # past NAME_MAX: shortened, found by listing only (not reversible)
+        digest = hashlib.sha256(patient_id.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        name = f"{name[:_MAX_NAME - 20]}%~{digest}"  # "%~" is no percent-escape: never reversed
     return name
 
 
@@ -47,10 +53,7 @@ def patient_id_from_name(name: str) -> str | None:
     """The PatientID a directory name stands for, or None if no PatientID is named so."""
     if name == _EMPTY_PATIENT_ID:
         return ""
-    try:
-        patient_id = unquote(name, errors="strict") if "%" in name else name
-    except UnicodeDecodeError:
-        return None
+    patient_id = unquote(name, errors="surrogateescape") if "%" in name else name
     return patient_id if patient_dir_name(patient_id) == name else None
 
 
@@ -59,12 +62,22 @@ def _part(value: Any, limit: int = _MAX_PART) -> str:
     return _UNSAFE_PART.sub("-", text).strip(" .-")[:limit].strip(" .-")
 
 
+def _uid_part(uid: str) -> str:
+    """A UID as it stands in a name; one that is not a plain UID (a PACS may send anything) gets
+    a short hash of its raw value, so the part is never empty and stays distinct."""
+    clean = _part(uid, 64)
+    if clean == uid:
+        return clean
+    digest = hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{clean}-{digest}" if clean else digest
+
+
 def _join(*parts: str) -> str:
     return "_".join(part for part in parts if part)
 
 
 def study_dir_name(uid: str, attributes: dict[str, Any]) -> str:
-    return _join(_part(attributes.get("StudyDate", "")), _part(attributes.get("StudyDescription", "")), _part(uid, 64))
+    return _join(_part(attributes.get("StudyDate", "")), _part(attributes.get("StudyDescription", "")), _uid_part(uid))
 
 
 def series_dir_name(uid: str, attributes: dict[str, Any]) -> str:
@@ -73,13 +86,13 @@ def series_dir_name(uid: str, attributes: dict[str, Any]) -> str:
         f"{int(number):03d}" if _is_int(number) else "",
         _part(attributes.get("Modality", "")),
         _part(attributes.get("SeriesDescription", "")),
-        _part(uid, 64),
+        _uid_part(uid),
     )
 
 
 def instance_file_name(uid: str, attributes: dict[str, Any]) -> str:
     number = attributes.get("InstanceNumber", "")
-    return _join(f"{int(number):04d}" if _is_int(number) else "", _part(uid, 64)) + ".dcm"
+    return _join(f"{int(number):04d}" if _is_int(number) else "", _uid_part(uid)) + ".dcm"
 
 
 def unique_names(named: list[tuple[str, str]]) -> dict[str, str]:

@@ -1,0 +1,127 @@
+"""Hostile answers from a PACS: names that try to escape, collide or overflow, and UIDs that are
+not UIDs. None may escape the cache directory, crash the core, or give two entries one name."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import config as pydicom_config
+
+from trolleyfs.cache import InstanceCache
+from trolleyfs.fs.core import FileSystem
+from trolleyfs.fs.tree import ROOT_INODE
+from trolleyfs.model import Query, QueryLevel, Study, build_studies
+from trolleyfs.testing.data import SampleSpec, generate
+from trolleyfs.trolley import Trolley
+
+HOSTILE_TEXT = ["A/B", "..", ".", "", "x\0y", "line\nbreak", "caf\udce9", "\\x", "*?", "Z" * 1000, "../../etc"]
+
+
+class StaticSearcher:
+    """A PACS that answers every query from a fixed list of flat records."""
+
+    def __init__(self, records: list[dict]) -> None:
+        self.records = records
+        self.queries = 0
+
+    async def find_studies(self, query: Query) -> list[Study]:
+        self.queries += 1
+        matching = [
+            record for record in self.records
+            if (not query.PatientID or record.get("PatientID") == query.PatientID)
+            and (not query.StudyInstanceUID or record["StudyInstanceUID"] == query.StudyInstanceUID)
+            and (not query.SeriesInstanceUID or record["SeriesInstanceUID"] == query.SeriesInstanceUID)
+        ]
+        return build_studies(matching, query.query_level)
+
+
+class NoDownloads:
+    async def fetch(self, reference, sink):  # noqa: ANN001 - the Downloader protocol
+        raise AssertionError("listing must not download")
+
+
+async def filesystem(records: list[dict], tmp_path: Path) -> tuple[FileSystem, StaticSearcher]:
+    searcher = StaticSearcher(records)
+    cache = await InstanceCache.open(tmp_path / "cache", max_bytes=10**9)
+    return FileSystem(Trolley(searcher, NoDownloads(), cache)), searcher
+
+
+async def walk_all(fs: FileSystem) -> list[tuple[str, ...]]:
+    paths: list[tuple[str, ...]] = []
+
+    async def visit(inode: int, path: tuple[str, ...]) -> None:
+        handle = await fs.opendir(inode)
+        entries = fs.readdir(handle, 0)
+        fs.releasedir(handle)
+        names = [name for name, _, _ in entries]
+        assert len(names) == len(set(names)), f"duplicate names in {path}"
+        for name, node, _ in entries:
+            assert name not in ("", ".", "..") and "/" not in name and "\0" not in name, (path, name)
+            assert len(name.encode("utf-8", "surrogateescape")) <= 255, (path, name)
+            assert (await fs.lookup(inode, name)).inode == node.inode
+            if node.key.kind.is_dir:
+                await visit(node.inode, (*path, name))
+            else:
+                paths.append((*path, name))
+
+    patients = await fs.lookup(ROOT_INODE, "patients")
+    await visit(patients.inode, ("patients",))
+    return paths
+
+
+async def test_hostile_ids_descriptions_and_uids_give_safe_unique_names(tmp_path):
+    records = []
+    for p, text in enumerate(HOSTILE_TEXT):
+        for s, study_uid in enumerate((f"1.{p}.1", text or "empty-uid", text)):  # duplicate and bogus UIDs
+            records.append({
+                "PatientID": text, "PatientName": text, "StudyInstanceUID": study_uid, "StudyDate": text,
+                "StudyDescription": text, "SeriesInstanceUID": text or "s", "SeriesDescription": text,
+                "Modality": text, "SeriesNumber": text, "SOPInstanceUID": f"{text}.{s}", "InstanceNumber": text,
+            })
+    fs, _ = await filesystem(records, tmp_path)
+    files = await walk_all(fs)
+    assert files  # every hostile patient is reachable and listed
+
+
+async def test_ten_thousand_entries_in_one_directory_list_with_one_query(tmp_path):
+    records = [
+        {"PatientID": "P", "StudyInstanceUID": "1", "SeriesInstanceUID": "1.1", "SOPInstanceUID": f"1.1.{i}",
+         "InstanceNumber": str(i % 50)}  # many equal instance numbers
+        for i in range(10_000)
+    ]
+    fs, searcher = await filesystem(records, tmp_path)
+    started = time.monotonic()
+    files = await walk_all(fs)
+    assert len(files) == 10_000
+    assert searcher.queries == 4  # /patients, the patient, the study, the series
+    assert time.monotonic() - started < 60
+
+
+async def test_a_uid_that_is_a_path_never_leaves_the_cache_directory(tmp_path):
+    template = next(generate(SampleSpec(patients=(("P", "N"),), studies_per_patient=1, series_per_study=1,
+                                         instances_per_series=1)))
+    dataset = pydicom.dcmread(io.BytesIO(template))
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = "../../../../etc/passwd"
+    buffer = io.BytesIO()
+    previous = pydicom_config.settings.writing_validation_mode
+    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
+    try:
+        dataset.save_as(buffer, enforce_file_format=True)
+    finally:
+        pydicom_config.settings.writing_validation_mode = previous
+    cache = await InstanceCache.open(tmp_path / "cache", max_bytes=10**9)
+    async with cache.receive("../../../../etc/passwd") as writer:
+        await writer.write(buffer.getvalue())
+    entry = cache.get("../../../../etc/passwd")
+    assert entry is not None
+    assert entry.path.resolve().is_relative_to((tmp_path / "cache").resolve())
+    assert not any(path.name == "passwd" for path in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("level", list(QueryLevel))
+def test_records_without_uids_are_ignored_not_fatal(level):
+    assert build_studies([{"PatientID": "X"}, {"StudyInstanceUID": ""}], level) == []
