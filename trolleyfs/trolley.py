@@ -24,7 +24,7 @@ import trio
 
 from trolleyfs.backends.base import Downloader, InstanceWriter, Searcher
 from trolleyfs.cache import CachedFile, InstanceCache, Writer
-from trolleyfs.errors import NeedsInstances, PacsError, PacsProtocolError, first_error
+from trolleyfs.errors import CacheFull, NeedsInstances, PacsError, PacsProtocolError, first_error
 from trolleyfs.model import (
     InstanceReference,
     Query,
@@ -120,7 +120,14 @@ class Trolley:
 
     async def _download_instance(self, reference: InstanceReference) -> CachedFile:
         async with self._download_limiter:
-            await self._fetch(reference)
+            try:
+                await self._fetch(reference)
+            except CacheFull:
+                # The disk filled up under the cache (other files, or bounds set too high): make
+                # room by dropping everything not open, and try once more before giving up.
+                log.warning("cache disk full: evicting every file not open and retrying")
+                await self.cache.clear()
+                await self._fetch(reference)
         cached = self.cache.get(reference.instance_uid)
         if cached is None:
             raise PacsProtocolError(f"download of {reference.instance_uid} left nothing in the cache")

@@ -179,3 +179,32 @@ def test_32_readers_over_1000_instances_fetch_each_once(mount, tmp_path):
             thread.join(300)
         assert errors == []
         assert pacs.count("wado-rs") == 1000
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 5 MiB tmpfs to put a cache on, so that the disk really fills up."""
+    from tests.conftest import need_tool
+
+    need_tool("mount")
+    where = tmp_path / "tiny"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(where)], check=True)
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_evicts_closed_files_and_never_keeps_a_partial_one(mount, tiny_disk):
+    with EmbeddedPacs(generate(BIG)) as pacs:  # four 2 MiB files on a 5 MiB disk
+        mounted = mount(pacs.dicomweb_url, cache_dir=tiny_disk / "cache", cache_size="1G", min_free_space=0,
+                        readahead_max=0)
+        files = mounted.files()
+        for path in files:  # the third no longer fits next to the first two: they make room
+            assert path.read_bytes() == stored(pacs, path)
+        assert_cache_holds_only_whole_instances(pacs, tiny_disk / "cache")
+        with open(files[0], "rb") as kept_open:  # an open file is never evicted
+            kept_open.read(10)
+            for path in files[1:]:
+                assert path.read_bytes() == stored(pacs, path)
+            assert os.fstat(kept_open.fileno()).st_size == len(stored(pacs, files[0]))
+        assert "cache disk full" in mounted.log_text()
