@@ -88,3 +88,18 @@ def test_cp_r_copies_a_series_exactly(mount, pacs, tmp_path):
     _, mismatch, errors = filecmp.cmpfiles(series_dir, tmp_path / "copy", names, shallow=False)
     assert mismatch == [] and errors == []
     assert subprocess.run(["cmp", str(series_dir / names[0]), str(tmp_path / "copy" / names[0])]).returncode == 0
+
+
+def test_a_missing_name_is_remembered_by_the_kernel_for_the_listing_ttl(mount, pacs):
+    remembered = mount(pacs.dicomweb_url, listing_ttl=60)
+    series = first_file(remembered).parent
+    before = remembered.stats()["lookups"]
+    for _ in range(3):
+        assert not (series / "no-such-file.dcm").exists()
+    assert remembered.stats()["lookups"] - before == 1
+    forgotten = mount(pacs.dicomweb_url, listing_ttl=0, cache_dir=mount.tmp_path / "cache2")  # all asked again
+    series = first_file(forgotten).parent
+    before = forgotten.stats()["lookups"]
+    for _ in range(3):
+        assert not (series / "no-such-file.dcm").exists()
+    assert forgotten.stats()["lookups"] - before >= 3

@@ -69,6 +69,8 @@ class FileSystem:
         self.backend_names = backend_names
         """(searcher, downloader), for the stats."""
         self.errors: Counter[str] = Counter()
+        self.lookups = 0
+        """Names the kernel asked about (it caches answers, found or not, for listing_ttl)."""
         self.readahead_max = readahead_max
         self.root_listing_limit = root_listing_limit
         self.listing_ttl = listing_ttl
@@ -99,6 +101,7 @@ class FileSystem:
         return self.listing_ttl
 
     async def lookup(self, parent_inode: int, name: str) -> Node:
+        self.lookups += 1
         parent = self.getattr(parent_inode)
         if parent.key.kind is Kind.PATIENTS:
             return await self._lookup_patient(name)
@@ -274,6 +277,7 @@ class FileSystem:
             "searcher": self.backend_names[0],
             "downloader": self.backend_names[1],
             "downloads_in_flight": self.trolley.downloads_in_flight,
+            "lookups": self.lookups,
             "errors": dict(self.errors),
             "cache_files": len(cache),
             "cache_bytes": cache.total_bytes,

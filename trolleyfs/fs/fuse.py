@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
-from trolleyfs.errors import TrolleyError
+from trolleyfs.errors import NotFound, TrolleyError
 from trolleyfs.fs.core import FileSystem
 from trolleyfs.fs.tree import Node
 
@@ -73,7 +73,15 @@ class FuseOperations(pyfuse3.Operations):
 
     @errno_boundary
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self._entry(await self.fs.lookup(parent_inode, os.fsdecode(name)))
+        try:
+            return self._entry(await self.fs.lookup(parent_inode, os.fsdecode(name)))
+        except NotFound as exc:
+            log.debug("lookup: %s", exc)
+            # inode 0 is FUSE's "no such entry", which the kernel keeps like a listing
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = self.fs.listing_ttl
+            return negative
 
     @errno_boundary
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
