@@ -8,6 +8,8 @@ Starts a real Orthanc with the series, then, in the same run and for several rou
 - warm cat: the same again on the same mount (kernel page cache and disk cache warm);
 - restart:  ``cat`` after remounting on the same cache (disk cache only);
 - getscu:   DCMTK's C-GET of the series to a folder (with TCP_NODELAY=1), the DIMSE reference;
+- local:    ``cat`` of the same files from a local directory (page cache warm), the floor for
+            warm reads;
 
 for the downloaders wado-rs, wado-uri, c-get and c-move. Prints medians and each route's ratio to
 the direct WADO-RS route and to getscu. Run: ``benchmarks/run.sh``.
@@ -113,7 +115,10 @@ def run(orthanc: Orthanc, work: Path, rounds: int) -> None:
         getscu_dir = work / f"getscu-{round_number}"
         getscu_dir.mkdir()
         record("getscu series (DCMTK, TCP_NODELAY=1)", timed(lambda: getscu(orthanc, instance, getscu_dir)))
-        assert len(list(getscu_dir.iterdir())) == SERIES.instances_per_series
+        local_files = sorted(getscu_dir.iterdir())
+        assert len(local_files) == SERIES.instances_per_series
+        cat(local_files)  # into the page cache
+        record("local disk: warm cat, all files", timed(lambda: cat(local_files)))
         for name, (source, options) in downloaders.items():
             mounts = MountFactory(work / f"{name}-{round_number}")
             (mounts.tmp_path).mkdir()
@@ -132,14 +137,15 @@ def run(orthanc: Orthanc, work: Path, rounds: int) -> None:
                 mounts.unmount_all()
     direct = statistics.median(results["direct WADO-RS series (httpx)"])
     dcmtk = statistics.median(results["getscu series (DCMTK, TCP_NODELAY=1)"])
+    local = statistics.median(results["local disk: warm cat, all files"])
     print(f"\n200 x 512x512 CT series, {size / 1e6:.0f} MB, {rounds} rounds, medians\n")
-    print(f"| {'route':<42} | {'seconds':>8} | {'MB/s':>7} | {'x direct':>8} | {'x getscu':>8} |")
-    print(f"|{'-' * 44}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 10}|")
+    print(f"| {'route':<42} | {'seconds':>8} | {'MB/s':>7} | {'x direct':>8} | {'x getscu':>8} | {'x local':>8} |")
+    print(f"|{'-' * 44}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 10}|")
     for name, samples in results.items():
         median = statistics.median(samples)
         print(
             f"| {name:<42} | {median:8.3f} | {size / 1e6 / median:7.0f} | {median / direct:8.2f} |"
-            f" {median / dcmtk:8.2f} |"
+            f" {median / dcmtk:8.2f} | {median / local:8.2f} |"
         )
 
 
