@@ -99,6 +99,10 @@ class InstanceCache:
     def __len__(self) -> int:
         return len(self._index)
 
+    def __contains__(self, uid: str) -> bool:
+        """Whether ``uid`` is cached, without marking it used (``get`` does that)."""
+        return _key(uid) in self._index
+
     def get(self, uid: str) -> CachedFile | None:
         """The published file of ``uid`` (marking it most recently used), or None."""
         key = _key(uid)

@@ -93,13 +93,13 @@ def _files(path: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def cache_lock(cache_dir: Path, blocking: bool = False) -> Iterator[None]:
+def cache_lock(cache_dir: Path) -> Iterator[None]:
     """Held by a daemon for as long as it uses ``cache_dir``, so no two use one cache at once and
     ``cache clear`` never pulls files from under a mount."""
     cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(cache_dir / LOCK_NAME, "a") as lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ConfigError(f"cache directory {cache_dir} is in use by a running trolleyfs") from None
         yield

@@ -290,7 +290,7 @@ def load_config(
     environ = os.environ if environ is None else environ
     cli = dict(cli_options)
     env = options_from_environment(environ)
-    config_file = cli.pop("config", None) or env.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    config_file = cli.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
     from_file: dict[str, Any] = {}
     if config_file:
         try:

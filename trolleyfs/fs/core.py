@@ -221,7 +221,7 @@ class FileSystem:
             instance_uid=key.instance_uid,
             sop_class_uid=node.sop_class_uid,
         )
-        was_cached = node.size_exact and self.trolley.cache.get(key.instance_uid) is not None
+        was_cached = key.instance_uid in self.trolley.cache
         cached = await self.trolley.instance_file(reference)
         if not was_cached:
             self._maybe_read_ahead(key, cached.size)
