@@ -7,7 +7,8 @@ Layout under the cache directory (mode 0700)::
 
 A file is written under ``tmp/`` and published by an atomic rename, so a reader never sees a
 partial file. Its name records the hash of its SOPInstanceUID and its size; at start-up the index
-is rebuilt from these names (LRU order from modification times, which every open refreshes), and
+is rebuilt from these names (LRU order from modification times, which opens refresh at most once a
+minute per file, so that warm reads cost no disk write), and
 a file whose size disagrees with its name, left by a crash, is deleted instead of served.
 
 Eviction, least recently used first, keeps the total under ``max_bytes`` and the filesystem's free
@@ -17,10 +18,12 @@ space above ``min_free_space``; entries pinned by open files are never evicted.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
@@ -40,8 +43,11 @@ log = logging.getLogger(__name__)
 LAYOUT_VERSION = "v1"
 _WRITE_BUFFER = 1024 * 1024
 _disk_limiter = trio.CapacityLimiter(4)
+_TOUCH_INTERVAL = 60.0
+"""Seconds between two refreshes of a file's modification time (its LRU rank after a restart)."""
 
 
+@functools.lru_cache(maxsize=65536)
 def _key(uid: str) -> str:
     return hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -63,6 +69,7 @@ class InstanceCache:
         self._tmp = root / LAYOUT_VERSION / "tmp"
         self._index: OrderedDict[str, CachedFile] = OrderedDict()
         self._pins: Counter[str] = Counter()
+        self._touched: dict[str, float] = {}
         self.total_bytes = 0
 
     @classmethod
@@ -103,29 +110,57 @@ class InstanceCache:
         """Whether ``uid`` is cached, without marking it used (``get`` does that)."""
         return _key(uid) in self._index
 
+    def peek(self, uid: str) -> CachedFile | None:
+        """The published file of ``uid``, or None, without marking it used."""
+        return self._index.get(_key(uid))
+
     def get(self, uid: str) -> CachedFile | None:
         """The published file of ``uid`` (marking it most recently used), or None."""
         key = _key(uid)
         entry = self._index.get(key)
-        if entry is None:
-            return None
-        self._index.move_to_end(key)
-        try:
-            os.utime(entry.path)
-        except OSError:  # removed behind our back: forget it and let the caller download again
-            del self._index[key]
-            self.total_bytes -= entry.size
-            return None
+        if entry is not None:
+            self._mark_used(key, entry)
         return entry
 
-    def pin(self, uid: str) -> None:
-        self._pins[_key(uid)] += 1
+    def open_for_reading(self, uid: str) -> tuple[int, CachedFile] | None:
+        """A read-only descriptor on the published file of ``uid``, pinned and marked used until
+        ``close_for_reading``; None when it is not cached (or was deleted behind the cache's back,
+        which the cache then forgets)."""
+        key = _key(uid)
+        entry = self._index.get(key)
+        if entry is None:
+            return None
+        try:
+            fd = os.open(entry.path, os.O_RDONLY)  # a local open: cheaper than a thread hop
+        except FileNotFoundError:
+            self._remove(key)
+            return None
+        self._pins[key] += 1
+        self._mark_used(key, entry)
+        return fd, entry
 
-    def unpin(self, uid: str) -> None:
+    def close_for_reading(self, uid: str, fd: int) -> None:
+        os.close(fd)
         key = _key(uid)
         self._pins[key] -= 1
         if self._pins[key] <= 0:
             del self._pins[key]
+
+    def _mark_used(self, key: str, entry: CachedFile) -> None:
+        self._index.move_to_end(key)
+        now = time.monotonic()
+        if now - self._touched.get(key, -_TOUCH_INTERVAL) >= _TOUCH_INTERVAL:
+            self._touched[key] = now
+            try:
+                os.utime(entry.path)
+            except OSError as exc:
+                log.debug("cannot refresh %s: %s", entry.path, exc)
+
+    def _remove(self, key: str) -> CachedFile:
+        entry = self._index.pop(key)
+        self._touched.pop(key, None)
+        self.total_bytes -= entry.size
+        return entry
 
     def new_writer(self) -> Writer:
         """A writer for one download; hand it to ``publish`` or ``discard`` when it is complete."""
@@ -177,9 +212,8 @@ class InstanceCache:
 
     async def _index_published(self, uid: str, entry: CachedFile, free: int) -> None:
         key = _key(uid)
-        previous = self._index.pop(key, None)
-        if previous is not None:
-            self.total_bytes -= previous.size
+        if key in self._index:
+            previous = self._remove(key)
             if previous.path != entry.path:
                 previous.path.unlink(missing_ok=True)
         self._index[key] = entry
@@ -195,8 +229,7 @@ class InstanceCache:
                 break
             if self._pins.get(key):
                 continue
-            entry = self._index.pop(key)
-            self.total_bytes -= entry.size
+            entry = self._remove(key)
             free += entry.size
             victims.append(entry)
         if victims:
@@ -205,8 +238,7 @@ class InstanceCache:
 
     async def clear(self) -> None:
         """Forget and delete every unpinned entry."""
-        victims = [self._index.pop(key) for key in list(self._index) if not self._pins.get(key)]
-        self.total_bytes -= sum(entry.size for entry in victims)
+        victims = [self._remove(key) for key in list(self._index) if not self._pins.get(key)]
         await trio.to_thread.run_sync(_unlink_all, victims, limiter=_disk_limiter)
 
 

@@ -104,6 +104,14 @@ class Trolley:
     def forget_searches(self) -> None:
         self._answers.clear()
 
+    def open_cached(self, uid: str) -> tuple[int, CachedFile] | None:
+        """A pinned read-only descriptor on the cached file of ``uid`` (see
+        ``InstanceCache.open_for_reading``), or None when it is not cached."""
+        opened = self.cache.open_for_reading(uid)
+        if opened is not None:
+            self.stats["cache_hits"] += 1
+        return opened
+
     async def instance_file(self, reference: InstanceReference) -> CachedFile:
         """The cached file of one instance, downloading it first if needed."""
         while (read_ahead := self._read_aheads.get(reference.series_uid)) is not None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from trolleyfs.errors import NotFound, ReadOnly
+from trolleyfs.errors import CacheError, NotFound, ReadOnly
 from trolleyfs.fs.tree import (
     InodeTable,
     Kind,
@@ -88,7 +88,7 @@ class FileSystem:
         if node.key.kind is Kind.STATS:
             node.size = len(self._render_stats())
         elif node.key.kind is Kind.INSTANCE and not node.size_exact:
-            cached = self.trolley.cache.get(node.key.instance_uid)
+            cached = self.trolley.cache.peek(node.key.instance_uid)
             if cached is not None:
                 node.size, node.size_exact = cached.size, True
         return node
@@ -215,22 +215,20 @@ class FileSystem:
         if node.key.kind is not Kind.INSTANCE:
             raise NotFound(f"inode {inode} is not a file")
         key = node.key
-        reference = InstanceReference(
-            study_uid=key.study_uid,
-            series_uid=key.series_uid,
-            instance_uid=key.instance_uid,
-            sop_class_uid=node.sop_class_uid,
-        )
-        was_cached = key.instance_uid in self.trolley.cache
-        cached = await self.trolley.instance_file(reference)
-        if not was_cached:
-            self._maybe_read_ahead(key, cached.size)
-        self.trolley.cache.pin(key.instance_uid)
-        try:
-            fd = await trio.to_thread.run_sync(os.open, cached.path, os.O_RDONLY, limiter=_read_limiter)
-        except BaseException:
-            self.trolley.cache.unpin(key.instance_uid)
-            raise
+        opened = self.trolley.open_cached(key.instance_uid)
+        if opened is None:
+            reference = InstanceReference(
+                study_uid=key.study_uid,
+                series_uid=key.series_uid,
+                instance_uid=key.instance_uid,
+                sop_class_uid=node.sop_class_uid,
+            )
+            downloaded = await self.trolley.instance_file(reference)
+            self._maybe_read_ahead(key, downloaded.size)
+            opened = self.trolley.cache.open_for_reading(key.instance_uid)
+            if opened is None:
+                raise CacheError(f"{key.instance_uid} left the cache as soon as it was downloaded")
+        fd, cached = opened
         node.size, node.size_exact = cached.size, True
         self._open_files[handle] = OpenFile(node, fd=fd)
         return handle, False
@@ -257,8 +255,7 @@ class FileSystem:
         open_file = self._open_files.pop(handle, None)
         if open_file is None or open_file.fd is None:
             return
-        os.close(open_file.fd)
-        self.trolley.cache.unpin(open_file.node.key.instance_uid)
+        self.trolley.cache.close_for_reading(open_file.node.key.instance_uid, open_file.fd)
 
     def refuse_change(self, what: str) -> None:
         raise ReadOnly(f"{what}: trolleyfs is read-only")
