@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# Sets up like the tests, then runs the series-read benchmark in a private network namespace.
+# Sets up like the tests, adds the peers (rclone from Debian, dicomtrolley 4.1 from PyPI in its own
+# venv, so that it cannot change trolleyfs's dependencies), then runs the benchmark suite in a
+# private network namespace. Arguments go to benchmarks/run.py (--rounds N, --json FILE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python benchmarks/series_read.py "$@"' bench "$@"
+command -v rclone >/dev/null || { apt-get update -q && apt-get install -y -q rclone; }
+if [ ! -x .venv-peers/bin/python ]; then
+    python3 -m venv .venv-peers
+fi
+.venv-peers/bin/python -c 'import dicomtrolley' 2>/dev/null || .venv-peers/bin/pip install -q 'dicomtrolley==4.1.0'
+exec unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python benchmarks/run.py "$@"' bench "$@"

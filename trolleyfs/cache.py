@@ -223,6 +223,8 @@ class InstanceCache:
     async def _evict(self, free: int | None = None) -> None:
         if free is None:
             free = await trio.to_thread.run_sync(_free_bytes, self.root, limiter=_disk_limiter)
+        if self.total_bytes <= self.max_bytes and free >= self.min_free_space:
+            return  # the common case, answered without walking the index
         victims: list[CachedFile] = []
         for key in list(self._index):
             if self.total_bytes <= self.max_bytes and free >= self.min_free_space:
