@@ -67,7 +67,7 @@ class Table:
         try:
             self.record(route, action())
         except Exception as exc:  # a peer failing is a result, not a crash of the benchmark
-            self.failures[route] = str(exc)[:200]
+            self.failures[route] = " ".join(str(exc).split())[:160]
 
     def median(self, route: str) -> float | None:
         return statistics.median(self.samples[route]) if route in self.samples else None
@@ -100,7 +100,7 @@ def series_round(env: Orthancs, table: Table, round_number: int) -> None:
     table.record("local disk: warm cat", routes.timed(lambda: routes.cat(local_files)))
     for name, downloader, raw_slash in (("WadoRS", "wado-rs", False), ("WadoURI", "wado-uri", False),
                                         ("WadoURI async", "wado-uri-async", False),
-                                        ("WadoURI, raw slash", "wado-uri", True)):
+                                        ("WadoURI, slash unescaped for Orthanc", "wado-uri", True)):
         url = orthanc.dicomweb_url if downloader == "wado-rs" else orthanc.wado_uri_url
         target = work / f"dicomtrolley-{downloader}-{raw_slash}"
         table.attempt(f"dicomtrolley {name}",
@@ -175,18 +175,18 @@ def study_round(env: Orthancs, table: Table, round_number: int) -> None:
 def print_table(table: Table, columns: dict[str, str | None]) -> None:
     """``columns`` maps a ratio column's title to the route it divides by."""
     print(f"\n{table.title}\n")
-    header = f"| {'route':<36} | {'seconds':>8} | {'MB/s':>6} |" + "".join(f" {c:>9} |" for c in columns)
-    print(header)
-    print("|" + "|".join("-" * (len(part) + 2) for part in header.strip("|").split("|")[:-1] if part) + "|")
+    cells = [f"{'route':<38}", f"{'seconds':>8}", f"{'MB/s':>6}", *(f"{title:>9}" for title in columns)]
+    print("| " + " | ".join(cells) + " |")
+    print("|" + "|".join("-" * (len(cell) + 2) for cell in cells) + "|")
     for route in table.samples:
         median = table.median(route)
         ratios = "".join(
             f" {median / base:9.2f} |" if (base := table.median(by or "")) else f" {'':>9} |"
             for by in columns.values()
         )
-        print(f"| {route:<36} | {median:8.3f} | {table.bytes / 1e6 / median:6.0f} |{ratios}")
+        print(f"| {route:<38} | {median:8.3f} | {table.bytes / 1e6 / median:6.0f} |{ratios}")
     for route, reason in table.failures.items():
-        print(f"| {route:<36} | failed: {reason}")
+        print(f"| {route:<38} | failed: {reason}")
     for fact, value in table.facts.items():
         print(f"- {fact}: {value}")
 

@@ -134,6 +134,10 @@ class Config(BaseModel):
     readahead_max: Size = 512 * 1024**2
     """Opening a file that is not cached yet also starts a background download of the rest of its
     series, when the series is estimated at no more than this many bytes; 0 turns read-ahead off."""
+    listing_readahead: int = Field(default=16, ge=0)
+    """Listing a study also lists its series in the background (two searches at a time) when it
+    has no more than this many, so that opening them, `ls -lR` or a file manager counting their
+    entries does not wait one search after another; 0 turns it off."""
     allow_other: bool = False
     """Let users other than the one who mounted read the filesystem (FUSE `allow_other`; a
     non-root user also needs `user_allow_other` in /etc/fuse.conf). The kernel then checks `uid`,

@@ -72,6 +72,7 @@ async def serve(config: Config, mountpoint: Path, on_ready: Callable[[], None] =
             root_listing_limit=config.root_listing_limit,
             listing_ttl=config.listing_ttl,
             readahead_max=config.readahead_max,
+            listing_readahead=config.listing_readahead,
             backend_names=(config.resolved_searcher, config.resolved_downloader),
         )
         operations = FuseOperations(filesystem, uid=config.uid, gid=config.gid, umask=config.umask)

@@ -6,6 +6,9 @@
   instance share one download.
 - ``download`` fetches whatever a reference names. When the downloader can only fetch single
   instances (NeedsInstances), the instance UIDs are asked of the searcher once per series.
+- ``prefetch_searches`` runs searches in the background, two at a time, so that their answers are
+  cached when a reader lists them (a study's series listings, which ``ls -lR`` and file managers
+  open one after the other).
 - ``read_ahead`` downloads a whole series in the background (inside ``background_work``); while
   it runs, a request for one of its instances waits for that instance to arrive instead of
   fetching it a second time, and falls back to its own download if the read-ahead ends without it.
@@ -14,7 +17,7 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,9 +41,16 @@ from trolleyfs.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
+_PREFETCH_WORKERS = 2
 STAT_NAMES = (
     "searches", "download_requests", "instances_downloaded", "bytes_downloaded", "cache_hits", "read_aheads",
 )
+
+
+class Answer(list):  # type: ignore[type-arg]
+    """A searcher's answer (a list of studies) that the filesystem can refer to weakly."""
+
+    __slots__ = ("__weakref__",)
 
 
 @dataclass
@@ -72,6 +82,9 @@ class Trolley:
         self._downloads: SingleFlight[CachedFile] = SingleFlight()
         self._download_limiter = trio.CapacityLimiter(parallel_downloads)
         self._read_aheads: dict[str, _ReadAhead] = {}
+        self._prefetching: set[Query] = set()
+        self._prefetch_queue: deque[Query] = deque()
+        self._prefetch_workers = 0
         self._nursery: trio.Nursery | None = None
 
     @asynccontextmanager
@@ -95,11 +108,37 @@ class Trolley:
         self.stats["searches"] += 1
         try:
             with trio.fail_after(self.search_deadline):
-                answer = await self.searcher.find_studies(query)
+                answer = Answer(await self.searcher.find_studies(query))
         except trio.TooSlowError as exc:
             raise PacsError(f"search took longer than {self.search_deadline:g}s: {query!r}") from exc
         self._answers[query] = answer
         return answer
+
+    def prefetch_searches(self, queries: list[Query]) -> None:
+        """Queue ``queries`` for searching in the background, in order, two at a time; those
+        answered or queued already are skipped."""
+        if self._nursery is None:
+            return
+        for query in queries:
+            if query not in self._answers and query not in self._prefetching:
+                self._prefetching.add(query)
+                self._prefetch_queue.append(query)
+        while self._prefetch_workers < _PREFETCH_WORKERS and self._prefetch_queue:
+            self._prefetch_workers += 1
+            self._nursery.start_soon(self._prefetch_worker)
+
+    async def _prefetch_worker(self) -> None:
+        try:
+            while self._prefetch_queue:
+                query = self._prefetch_queue.popleft()
+                try:
+                    await self.find_studies(query)
+                except Exception as exc:  # only an optimisation: a reader asking later sees its own error
+                    log.info("background search failed: %s", exc)
+                finally:
+                    self._prefetching.discard(query)
+        finally:
+            self._prefetch_workers -= 1
 
     def forget_searches(self) -> None:
         self._answers.clear()

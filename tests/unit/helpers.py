@@ -28,7 +28,7 @@ async def filesystem_over(pacs: EmbeddedPacs, cache_dir: Path, **options: object
         await stack.enter_async_context(trolley.background_work())
         yield FileSystem(
             trolley, root_listing_limit=config.root_listing_limit, listing_ttl=config.listing_ttl,
-            readahead_max=config.readahead_max,
+            readahead_max=config.readahead_max, listing_readahead=config.listing_readahead,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections import Counter
 
 import pytest
 import trio
@@ -195,3 +196,40 @@ async def test_a_failed_instance_by_instance_download_raises_the_pacs_error_itse
         pacs.faults.add("wado-uri", "status", status=500, count=1)
         with pytest.raises(PacsError):
             await fs.trolley.download(reference)
+
+
+async def test_nodes_the_kernel_forgets_leave_the_inode_table_and_come_back_when_looked_up(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path) as fs:
+        handed: Counter[int] = Counter()
+
+        async def browse(node, path: str) -> dict[str, int]:
+            """Lists like the kernel's readdirplus: every entry counts as handed out."""
+            found = {}
+            for name, child in (await listdir(fs, node.inode)).items():
+                fs.handed_to_kernel(child)
+                handed[child.inode] += 1
+                found[f"{path}/{name}"] = child.inode
+                if child.key.kind.is_dir:
+                    found |= await browse(child, f"{path}/{name}")
+            return found
+
+        before = await browse(await walk(fs, "/patients"), "/patients")
+        assert len(fs.inodes) > len(pacs.instances)
+        files = {path: inode for path, inode in before.items() if path.endswith(".dcm")}
+        for inode in files.values():
+            fs.forget(inode, handed[inode] - 1)
+        assert len(fs.inodes) > len(pacs.instances)  # still known to the kernel once: kept
+        for inode in files.values():
+            fs.forget(inode, 1)
+        assert len(fs.inodes) == len(before) - len(files) + 3  # the directories, /, /patients, /.trolleyfs
+        path, inode = next(iter(files.items()))
+        node = await walk(fs, path)
+        fs.handed_to_kernel(node)
+        assert node.inode == inode  # its directory, still known, hands out the same inode again
+        assert await read_all(fs, node.inode) == pacs.instances[uids(path)[3]].data
+        fs.forget(node.inode, 1)
+        for inode, count in handed.items():
+            if inode not in files.values():
+                fs.forget(inode, count)
+        assert len(fs.inodes) == 3  # /, /patients, /.trolleyfs
+        assert set(await browse(await walk(fs, "/patients"), "/patients")) == set(before)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,7 @@ class FileSystem:
         root_listing_limit: int = 1000,
         listing_ttl: float = 60.0,
         readahead_max: int = 512 * 1024**2,
+        listing_readahead: int = 16,
         backend_names: tuple[str, str] = ("", ""),
     ) -> None:
         self.trolley = trolley
@@ -72,6 +74,7 @@ class FileSystem:
         self.lookups = 0
         """Names the kernel asked about (it caches answers, found or not, for listing_ttl)."""
         self.readahead_max = readahead_max
+        self.listing_readahead = listing_readahead
         self.root_listing_limit = root_listing_limit
         self.listing_ttl = listing_ttl
         self.inodes = InodeTable(mount_time=time.time())
@@ -85,6 +88,10 @@ class FileSystem:
         node = self.inodes.get(inode)
         if node is None:
             raise NotFound(f"no inode {inode}")
+        return self._refreshed(node)
+
+    def _refreshed(self, node: Node) -> Node:
+        """``node`` with a size that is as true as can be known now."""
         if node.key.kind is Kind.STATS:
             node.size = len(self._render_stats())
         elif node.key.kind is Kind.INSTANCE and not node.size_exact:
@@ -108,7 +115,7 @@ class FileSystem:
         children = await self._children(parent)
         if name not in children:
             raise NotFound(f"{name!r} not in inode {parent_inode}")
-        return self.getattr(children[name].inode)
+        return self._refreshed(children[name])
 
     async def _lookup_patient(self, name: str) -> Node:
         patient_id = patient_id_from_name(name)
@@ -131,9 +138,12 @@ class FileSystem:
         if query is None:
             return {}
         answer = await self.trolley.find_studies(query)
-        if node.children is None or node.children_answer is not answer:
+        if node.children is None or node.children_answer is None or node.children_answer() is not answer:
             node.children = self._entries(key, answer)
-            node.children_answer = answer
+            node.children_answer = weakref.ref(answer)
+            if key.kind is Kind.STUDY and 0 < len(node.children) <= self.listing_readahead:
+                series_queries = [_listing_query(child.key, 0) for child in node.children.values()]
+                self.trolley.prefetch_searches([query for query in series_queries if query is not None])
         return node.children
 
     def _entries(self, key: NodeKey, answer: list[Study]) -> dict[str, Node]:
@@ -179,7 +189,7 @@ class FileSystem:
             node.sop_class_uid = _text(attributes.get("SOPClassUID"))
             if not node.size_exact:
                 node.size = _estimated_size(attributes)
-            children[name] = self.getattr(node.inode)
+            children[name] = self._refreshed(node)
         return children
 
     # --- directories ---------------------------------------------------------------------------
@@ -199,6 +209,13 @@ class FileSystem:
 
     def releasedir(self, handle: int) -> None:
         self._open_dirs.pop(handle, None)
+
+    def handed_to_kernel(self, node: Node) -> None:
+        """Count a node the kernel was given (see ``InodeTable``); the adapter calls this."""
+        self.inodes.handed_to_kernel(node)
+
+    def forget(self, inode: int, count: int) -> None:
+        self.inodes.forget(inode, count)
 
     # --- files ---------------------------------------------------------------------------------
 
@@ -275,6 +292,7 @@ class FileSystem:
             "downloader": self.backend_names[1],
             "downloads_in_flight": self.trolley.downloads_in_flight,
             "lookups": self.lookups,
+            "inodes": len(self.inodes),
             "errors": dict(self.errors),
             "cache_files": len(cache),
             "cache_bytes": cache.total_bytes,

@@ -74,7 +74,7 @@ class FuseOperations(pyfuse3.Operations):
     @errno_boundary
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         try:
-            return self._entry(await self.fs.lookup(parent_inode, os.fsdecode(name)))
+            node = await self.fs.lookup(parent_inode, os.fsdecode(name))
         except NotFound as exc:
             log.debug("lookup: %s", exc)
             # inode 0 is FUSE's "no such entry", which the kernel keeps like a listing
@@ -82,6 +82,17 @@ class FuseOperations(pyfuse3.Operations):
             negative.st_ino = 0
             negative.entry_timeout = self.fs.listing_ttl
             return negative
+        entry = self._entry(node)
+        self.fs.handed_to_kernel(node)
+        return entry
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        # the kernel expects no reply, not even an error: nothing may leave this handler
+        try:
+            for inode, count in inode_list:
+                self.fs.forget(inode, count)
+        except Exception:
+            log.exception("forget failed")
 
     @errno_boundary
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
@@ -96,6 +107,7 @@ class FuseOperations(pyfuse3.Operations):
         for name, node, next_id in self.fs.readdir(fh, start_id):
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(node), next_id):
                 break
+            self.fs.handed_to_kernel(node)  # readdirplus: each entry sent counts as a lookup
 
     @errno_boundary
     async def releasedir(self, fh: int) -> None:

@@ -19,11 +19,14 @@ Naming rules (docs/semantics.md repeats them for users):
 from __future__ import annotations
 
 import calendar
-import hashlib
 import enum
+import hashlib
+import itertools
 import re
 import stat
 import time
+import weakref
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
@@ -160,8 +163,9 @@ class Node:
     """Of an instance file: its SOP class, as the search told."""
     children: dict[str, Node] | None = field(default=None, repr=False)
     """Of a directory: its entries, built from ``children_answer``."""
-    children_answer: object = field(default=None, repr=False)
-    """The searcher answer ``children`` was built from; a new answer means a rebuild."""
+    children_answer: weakref.ref[Any] | None = field(default=None, repr=False)
+    """The searcher answer ``children`` was built from (weakly: an answer that left the listing
+    cache is not kept alive by the tree); another answer, or none, means a rebuild."""
 
     @property
     def mode(self) -> int:
@@ -169,20 +173,32 @@ class Node:
 
 
 class InodeTable:
-    """One inode per node, handed out on first sight and kept for the life of the mount."""
+    """One inode per node, handed out on first sight and kept while the kernel knows it.
+
+    The kernel counts how often it was handed each inode (lookups, listing entries) and forgets
+    them under memory pressure; a node whose count drops to zero leaves the table, with its
+    listing, so that browsing a large archive does not grow the daemon without bound. A forgotten
+    node still held by its parent's listing comes back under the same inode when handed out again.
+    """
+
+    _PERMANENT = (Kind.ROOT, Kind.PATIENTS, Kind.CONTROL, Kind.STATS)
 
     def __init__(self, mount_time: float) -> None:
         self.mount_time = mount_time
         self._by_inode: dict[int, Node] = {}
         self._by_key: dict[NodeKey, Node] = {}
+        self._kernel_counts: Counter[int] = Counter()
+        self._next_inode = itertools.count(ROOT_INODE)
         self.node_for(NodeKey(Kind.ROOT))
+
+    def __len__(self) -> int:
+        return len(self._by_inode)
 
     def node_for(self, key: NodeKey, mtime: float | None = None) -> Node:
         node = self._by_key.get(key)
         if node is None:
-            inode = ROOT_INODE + len(self._by_inode)
-            node = Node(inode=inode, key=key, mtime=mtime or self.mount_time)
-            self._by_inode[inode] = node
+            node = Node(inode=next(self._next_inode), key=key, mtime=mtime or self.mount_time)
+            self._by_inode[node.inode] = node
             self._by_key[key] = node
         elif mtime:
             node.mtime = mtime
@@ -190,3 +206,23 @@ class InodeTable:
 
     def get(self, inode: int) -> Node | None:
         return self._by_inode.get(inode)
+
+    def handed_to_kernel(self, node: Node) -> None:
+        """The kernel was given ``node`` once more (a lookup answer or a listing entry)."""
+        self._by_inode.setdefault(node.inode, node)
+        self._by_key.setdefault(node.key, node)
+        self._kernel_counts[node.inode] += 1
+
+    def forget(self, inode: int, count: int) -> None:
+        """The kernel dropped ``count`` of its references to ``inode``."""
+        self._kernel_counts[inode] -= count
+        if self._kernel_counts[inode] > 0:
+            return
+        del self._kernel_counts[inode]
+        node = self._by_inode.get(inode)
+        if node is None or node.key.kind in self._PERMANENT:
+            return
+        del self._by_inode[inode]
+        if self._by_key.get(node.key) is node:
+            del self._by_key[node.key]
+        node.children = node.children_answer = None

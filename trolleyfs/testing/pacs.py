@@ -126,8 +126,10 @@ class EmbeddedPacs(DicomWebEndpoints):
         for data in files:
             self.add(data)
 
-    def add(self, data: bytes) -> None:
-        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    def add(self, data: bytes, header: Dataset | None = None) -> None:
+        """Store a Part-10 file; ``header``, its dataset when the caller has it, saves a parse."""
+        if header is None:
+            header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         self.instances[str(header.SOPInstanceUID)] = StoredInstance(data, header)
 
     def count(self, kind: str) -> int:
