@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up like the tests, adds the peers (rclone from Debian, dicomtrolley 4.1 from PyPI in its own
 # venv, so that it cannot change trolleyfs's dependencies), then runs the benchmark suite in a
-# private network namespace. Arguments go to benchmarks/run.py (--rounds N, --json FILE).
+# private network namespace. Arguments go to benchmarks/run.py (--rounds N, --json FILE);
+# with --memory first, the memory benchmark runs instead (benchmarks/memory.py, --instances N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -10,4 +11,9 @@ if [ ! -x .venv-peers/bin/python ]; then
     python3 -m venv .venv-peers
 fi
 .venv-peers/bin/python -c 'import dicomtrolley' 2>/dev/null || .venv-peers/bin/pip install -q 'dicomtrolley==4.1.0'
-exec unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python benchmarks/run.py "$@"' bench "$@"
+script=benchmarks/run.py
+if [ "${1:-}" = --memory ]; then
+    script=benchmarks/memory.py
+    shift
+fi
+exec unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python "$0" "$@"' "$script" "$@"
