@@ -62,20 +62,30 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     source: str
-    """The PACS: a DICOMweb root `http(s)://host:port/path` (QIDO-RS and WADO-RS under it), or a
-    DIMSE node `dicom://CALLED_AET@host:port` (C-FIND, C-GET, C-MOVE)."""
-    searcher: Literal["qido-rs", "dicom-qr"] | None = None
+    """The PACS: a DICOMweb root `http(s)://host:port/path` (QIDO-RS and WADO-RS under it), a
+    DIMSE node `dicom://CALLED_AET@host:port` (C-FIND, C-GET, C-MOVE), or, with `searcher=mint`,
+    a MINT root."""
+    searcher: Literal["qido-rs", "dicom-qr", "mint"] | None = None
     """How directories are listed; default `qido-rs` for an http(s) SOURCE, `dicom-qr` (C-FIND)
-    for a dicom:// one."""
-    downloader: Literal["wado-rs", "wado-uri", "c-get", "c-move"] | None = None
+    for a dicom:// one; `mint` searches a MINT server (`mint_url`, or SOURCE)."""
+    downloader: Literal["wado-rs", "wado-uri", "c-get", "c-move", "rad69"] | None = None
     """How file contents are fetched; default `wado-rs` for an http(s) SOURCE, `c-get` for a
-    dicom:// one."""
+    dicom:// one; `rad69` retrieves over IHE RAD-69 (`rad69_url`)."""
     qido_url: str = ""
     """QIDO-RS root; empty means SOURCE."""
     wado_rs_url: str = ""
     """WADO-RS root; empty means SOURCE."""
     wado_uri_url: str = ""
     """WADO-URI endpoint (e.g. `http://host:8042/wado`); needed with `downloader=wado-uri`."""
+    mint_url: str = ""
+    """MINT root (`GET {mint_url}/studies`) for `searcher=mint`; empty means SOURCE."""
+    rad69_url: str = ""
+    """RAD-69 (Retrieve Imaging Document Set) SOAP endpoint; needed with `downloader=rad69`."""
+    rad69_repository_id: str = "1.3.6.1.4.1000"
+    """The XDS RepositoryUniqueId our RAD-69 requests name (the repository holding the images;
+    the PACS vendor tells it)."""
+    rad69_batch_size: int = Field(default=1000, ge=1)
+    """Most instances one RAD-69 request asks for; a larger series takes several requests."""
     qr_url: str = ""
     """DIMSE node `dicom://CALLED_AET@host:port` for dicom-qr, c-get and c-move; empty means SOURCE."""
     calling_aet: str = Field(default="TROLLEYFS", min_length=1, max_length=16)
@@ -164,7 +174,7 @@ class Config(BaseModel):
     def _urls(self) -> Config:
         if _scheme(self.source) not in ("http", "https", "dicom"):
             raise ValueError(f"source must be an http(s):// or dicom:// URL, not {self.source!r}")
-        for name in ("qido_url", "wado_rs_url", "wado_uri_url"):
+        for name in ("qido_url", "wado_rs_url", "wado_uri_url", "mint_url", "rad69_url"):
             value = getattr(self, name)
             if value and _scheme(value) not in ("http", "https"):
                 raise ValueError(f"{name} must be an http:// or https:// URL, not {value!r}")
@@ -177,6 +187,8 @@ class Config(BaseModel):
             "qido-rs": (self.qido_url or self.dicomweb_source, "qido_url=URL"),
             "wado-rs": (self.wado_rs_url or self.dicomweb_source, "wado_rs_url=URL"),
             "wado-uri": (self.wado_uri_url, "wado_uri_url=URL (e.g. http://host:8042/wado)"),
+            "mint": (self.mint_url or self.dicomweb_source, "mint_url=URL"),
+            "rad69": (self.rad69_url, "rad69_url=URL (the RAD-69 SOAP endpoint)"),
             "dicom-qr": (self.qr_url or self.dimse_source, "qr_url=dicom://AET@host:port"),
             "c-get": (self.qr_url or self.dimse_source, "qr_url=dicom://AET@host:port"),
             "c-move": (self.qr_url or self.dimse_source, "qr_url=dicom://AET@host:port"),
@@ -206,6 +218,10 @@ class Config(BaseModel):
     @property
     def resolved_qido_url(self) -> str:
         return self.qido_url or self.dicomweb_source
+
+    @property
+    def resolved_mint_url(self) -> str:
+        return self.mint_url or self.dicomweb_source
 
     @property
     def resolved_wado_rs_url(self) -> str:

@@ -103,6 +103,9 @@ class SeriesReference(BaseModel):
     series_uid: str
     sop_class_uids: tuple[str, ...] = ()
     """SOP classes known to be in it (a hint for DIMSE downloaders; may be empty)."""
+    instance_uids: tuple[str, ...] = ()
+    """Its instances, when known: a downloader that fetches named instances (RAD-69) can then
+    fetch the series in batches instead of asking for its instances one by one."""
 
 
 class InstanceReference(BaseModel):

@@ -218,21 +218,31 @@ class Trolley:
             await self._download_instance_by_instance(reference)
 
     async def _download_instance_by_instance(self, reference: StudyReference | SeriesReference) -> None:
+        """For a downloader that fetches named instances: find them (from the listing cache when
+        it can), then offer each series with its uncached instances named (RAD-69 fetches those in
+        batches); a downloader that takes single instances only gets them one by one, in parallel."""
         query = Query(
             StudyInstanceUID=reference.study_uid,
             SeriesInstanceUID=reference.series_uid if isinstance(reference, SeriesReference) else "",
             query_level=QueryLevel.INSTANCE,
         )
-        instances = [
-            instance.reference
-            for study in await self.find_studies(query)
-            for series in study.series
-            for instance in series.instances
-        ]
-        with first_error():
-            async with trio.open_nursery() as nursery:
-                for instance in instances:
-                    nursery.start_soon(self._cached_or_downloaded, instance)
+        for study in await self.find_studies(query):
+            for series in study.series:
+                instances = [i.reference for i in series.instances if i.uid not in self.cache]
+                if not instances:
+                    continue
+                named = SeriesReference(
+                    study_uid=study.uid, series_uid=series.uid,
+                    sop_class_uids=tuple(sorted({i.sop_class_uid for i in instances if i.sop_class_uid})),
+                    instance_uids=tuple(i.instance_uid for i in instances),
+                )
+                try:
+                    await self._fetch(named)
+                except NeedsInstances:
+                    with first_error():
+                        async with trio.open_nursery() as nursery:
+                            for instance in instances:
+                                nursery.start_soon(self._cached_or_downloaded, instance)
 
     async def _fetch(self, reference: Reference) -> None:
         """Run the downloader; instances it delivers are published while it goes on streaming."""

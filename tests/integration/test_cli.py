@@ -27,3 +27,32 @@ def test_a_missing_mountpoint_exits_1_with_the_reason(tmp_path, fuse_available):
                        "-o", f"cache_dir={tmp_path / 'cache'}")
     assert result.returncode == 1
     assert "not a directory" in result.stderr
+
+
+def test_the_demo_mounts_its_embedded_pacs_over_mint_and_rad69_too(tmp_path, fuse_available):
+    import json
+    import os
+    import select
+    import signal
+
+    from trolleyfs.daemon import READY, READY_FD_ENV
+
+    read_end, write_end = os.pipe()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "trolleyfs", "demo", str(tmp_path / "mnt"), "-o", "searcher=mint,downloader=rad69"],
+        env={**os.environ, READY_FD_ENV: str(write_end)}, pass_fds=(write_end,),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    os.close(write_end)
+    try:
+        with os.fdopen(read_end, "rb") as ready:
+            assert select.select([ready], [], [], 120)[0] and ready.read() == READY
+        files = sorted((tmp_path / "mnt" / "patients").rglob("*.dcm"))
+        assert files and files[0].read_bytes()[128:132] == b"DICM"
+        stats = json.loads((tmp_path / "mnt" / ".trolleyfs" / "stats").read_text())
+        assert (stats["searcher"], stats["downloader"], stats["instances_downloaded"] > 0) == ("mint", "rad69", True)
+    finally:
+        demo.send_signal(signal.SIGINT)
+        output, _ = demo.communicate(timeout=30)
+    assert demo.returncode == 0, output
+    assert "MINT and RAD-69" in output

@@ -16,11 +16,23 @@ def first_file(mounted):
     return mounted.files()[0]
 
 
-@pytest.mark.parametrize("action", ["garbage", "truncate", "status"])
-def test_a_bad_answer_gives_eio_never_partial_bytes_and_the_mount_recovers(mount, pacs, action):
-    mounted = mount(pacs.dicomweb_url, timeout=2, retries=0, readahead_max=0)
+def soap_options(pacs) -> dict[str, str]:
+    """Mount options for MINT search and RAD-69 retrieval from the embedded PACS (SOURCE: its MINT root)."""
+    return {"searcher": "mint", "downloader": "rad69", "rad69_url": f"{pacs.base_url}/rad69"}
+
+
+@pytest.mark.parametrize(
+    "kind, action",
+    [("wado-rs", action) for action in ("garbage", "truncate", "status")]
+    + [("rad69", action) for action in ("xml-bomb", "xml-external", "garbage", "truncate", "missing", "status")],
+)
+def test_a_bad_answer_gives_eio_never_partial_bytes_and_the_mount_recovers(mount, pacs, kind, action):
+    if kind == "rad69":
+        mounted = mount(f"{pacs.base_url}/mint", timeout=2, retries=0, readahead_max=0, **soap_options(pacs))
+    else:
+        mounted = mount(pacs.dicomweb_url, timeout=2, retries=0, readahead_max=0)
     path = first_file(mounted)
-    pacs.faults.add("wado-rs", action, status=500)
+    pacs.faults.add(kind, action, status=500)
     with pytest.raises(OSError) as raised:
         path.read_bytes()
     assert raised.value.errno == errno.EIO

@@ -144,3 +144,17 @@ def test_mixed_backends_need_the_other_protocols_address():
 def test_malformed_dimse_urls_are_refused(url):
     with pytest.raises(ConfigError, match="dicom://"):
         load_config({"source": url}, {})
+
+
+def test_mint_and_rad69_take_their_own_addresses_and_the_mint_root_may_be_the_source():
+    mint_root, rad69 = "http://pacs:8080/mint", "http://pacs:8080/rad69"
+    config = load_config({"source": mint_root, "searcher": "mint", "downloader": "rad69", "rad69_url": rad69}, {})
+    assert (config.resolved_searcher, config.resolved_mint_url, config.rad69_url) == ("mint", mint_root, rad69)
+    mixed = load_config({"source": SOURCE, "downloader": "rad69", "rad69_url": rad69, "rad69_batch_size": "50"}, {})
+    assert (mixed.resolved_searcher, mixed.rad69_batch_size, mixed.rad69_repository_id) == ("qido-rs", 50, "1.3.6.1.4.1000")
+    with pytest.raises(ConfigError, match="rad69_url"):
+        load_config({"source": mint_root, "searcher": "mint", "downloader": "rad69"}, {})
+    with pytest.raises(ConfigError, match="mint_url"):
+        load_config({"source": "dicom://ORTHANC@127.0.0.1:4242", "searcher": "mint"}, {})
+    with pytest.raises(ConfigError, match="rad69_url must be an http"):
+        load_config({"source": mint_root, "downloader": "rad69", "rad69_url": "ftp://pacs/rad69"}, {})

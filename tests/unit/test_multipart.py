@@ -51,3 +51,13 @@ def test_boundary_is_read_from_the_content_type():
         boundary_of("application/dicom")
     with pytest.raises(PacsProtocolError):
         boundary_of("multipart/related")
+
+
+async def test_bare_lf_line_ends_are_read_like_crlf_and_a_cr_before_a_delimiter_is_not_content():
+    lf_body = body().replace(b"\r\nContent-Type: application/dicom\r\n\r\n", b"\nContent-Type: application/dicom\n\n")
+    lf_body = lf_body.replace(b"\r\n--" + BOUNDARY.encode(), b"\n--" + BOUNDARY.encode())
+    assert b"\r\n--" + BOUNDARY.encode() not in lf_body
+    for chunk in range(1, len(lf_body) + 1):
+        parts = await parse(lf_body, chunk)
+        assert [content for _, content in parts] == PARTS, chunk
+        assert all(headers["content-type"] == "application/dicom" for headers, _ in parts)

@@ -8,6 +8,7 @@ instance or series in memory.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -29,6 +30,13 @@ class InstanceSink(Protocol):
         """A writer for one Part-10 file. Leaving the block normally publishes it (its
         SOPInstanceUID must equal ``expected_uid`` when given); an exception discards it."""
         ...
+
+
+async def store(sink: InstanceSink, expected_uid: str | None, chunks: AsyncIterable[bytes]) -> None:
+    """Stream ``chunks`` into ``sink`` as one instance (published if they end normally)."""
+    async with sink.receive(expected_uid) as writer:
+        async for chunk in chunks:
+            await writer.write(chunk)
 
 
 class Downloader(Protocol):

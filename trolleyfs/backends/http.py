@@ -85,19 +85,25 @@ class HttpSession:
         return response
 
     @asynccontextmanager
-    async def stream(self, url: str, headers: dict[str, str] | None = None) -> AsyncIterator[httpx.Response]:
-        """GET ``url`` and yield the response with its body unread; httpx errors become PacsError."""
-        response = await self._send_with_retries(url, headers or {})
+    async def stream(
+        self, url: str, headers: dict[str, str] | None = None, method: str = "GET", content: bytes | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        """Send the request (GET, or a POST of ``content`` for SOAP: every request we make only
+        reads, so all may be retried) and yield the response with its body unread; httpx errors
+        become PacsError."""
+        response = await self._send_with_retries(method, url, headers or {}, content)
         try:
             yield response
         except httpx.HTTPError as exc:
-            raise PacsError(f"GET {loggable(url)}: {_describe(exc)}") from exc
+            raise PacsError(f"{method} {loggable(url)}: {_describe(exc)}") from exc
         finally:
             with trio.CancelScope(shield=True):
                 await response.aclose()
 
-    async def _send_with_retries(self, url: str, headers: dict[str, str]) -> httpx.Response:
-        request = self._client.build_request("GET", url, headers=headers)
+    async def _send_with_retries(
+        self, method: str, url: str, headers: dict[str, str], content: bytes | None
+    ) -> httpx.Response:
+        request = self._client.build_request(method, url, headers=headers, content=content)
         for attempt in range(self.retries + 1):
             last_attempt = attempt == self.retries
             try:
@@ -105,11 +111,11 @@ class HttpSession:
             except httpx.TransportError as exc:
                 if _untrusted_certificate(exc):
                     raise PacsRefused(
-                        f"GET {loggable(url)}: the server's TLS certificate is not trusted (see ca_bundle=): {exc}"
+                        f"{method} {loggable(url)}: the server's TLS certificate is not trusted (see ca_bundle=): {exc}"
                     ) from exc
                 if last_attempt or not _retryable_transport_error(exc):
-                    raise PacsError(f"GET {loggable(url)}: {_describe(exc)}") from exc
-                log.info("GET %s: %s; retrying", loggable(url), _describe(exc))
+                    raise PacsError(f"{method} {loggable(url)}: {_describe(exc)}") from exc
+                log.info("%s %s: %s; retrying", method, loggable(url), _describe(exc))
                 await trio.sleep(self._delay(attempt, None))
                 continue
             if response.status_code < 300:
@@ -117,14 +123,14 @@ class HttpSession:
             body = await _short_body(response)
             await response.aclose()
             if response.status_code in RETRY_STATUSES and not last_attempt:
-                log.info("GET %s: HTTP %d; retrying", loggable(url), response.status_code)
+                log.info("%s %s: HTTP %d; retrying", method, loggable(url), response.status_code)
                 await trio.sleep(self._delay(attempt, response.headers.get("Retry-After")))
                 continue
-            message = f"GET {loggable(url)}: HTTP {response.status_code} {body}".rstrip()
+            message = f"{method} {loggable(url)}: HTTP {response.status_code} {body}".rstrip()
             if response.status_code == 404:
                 raise NotFound(message)
             if response.status_code in (401, 403):
-                raise PacsRefused(f"GET {loggable(url)}: HTTP {response.status_code}: the PACS refused our credentials")
+                raise PacsRefused(f"{method} {loggable(url)}: HTTP {response.status_code}: the PACS refused our credentials")
             if response.status_code in RETRY_STATUSES:
                 raise PacsError(message)
             raise PacsProtocolError(message)

@@ -5,6 +5,10 @@ part's content is handed on chunk by chunk as it arrives, so a series of any siz
 straight to disk. It works when the server sends no Content-Length and ends the body by closing
 the connection. A body that ends before its closing delimiter is an error, so a cut-off transfer
 is never mistaken for a complete one.
+
+Line ends are read leniently, as many MTOM and WADO servers write them: a bare LF works wherever
+the RFC says CRLF (delimiter lines and part headers); a CR before a delimiter's LF belongs to the
+delimiter, never to the content.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class MultipartReader:
         self._chunks = chunks
         # A CRLF is put in front of the body so that the first delimiter looks like every other.
         self._buffer = bytearray(b"\r\n")
-        self._delimiter = b"\r\n--" + boundary.encode("latin-1")
+        self._delimiter = b"\n--" + boundary.encode("latin-1")
         self._exhausted = False
 
     async def parts(self) -> AsyncIterator[Part]:
@@ -92,28 +96,30 @@ class MultipartReader:
         del self._buffer[: index + len(self._delimiter)]
 
     async def _read_headers(self) -> dict[str, str]:
-        while (end := self._buffer.find(b"\r\n\r\n")) < 0:
+        while (found := _blank_line(self._buffer)) is None:
             if len(self._buffer) > _MAX_HEADER_BYTES or not await self._read_more():
                 raise PacsProtocolError("multipart part headers are cut off or too long")
-        # What follows the delimiter up to the first CRLF is transport padding (RFC 2046 §5.1.1).
-        first_line_end = self._buffer.find(b"\r\n")
-        block = bytes(self._buffer[first_line_end + 2 : end]) if first_line_end < end else b""
-        del self._buffer[: end + 4]
+        end, after = found
+        # What follows the delimiter up to the first line end is transport padding (RFC 2046 §5.1.1).
+        first_line_end = self._buffer.find(b"\n")
+        block = bytes(self._buffer[first_line_end + 1 : end]) if first_line_end < end else b""
+        del self._buffer[:after]
         headers: dict[str, str] = {}
-        for line in block.decode("latin-1").split("\r\n"):
+        for line in block.decode("latin-1").split("\n"):
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()
         return headers
 
     async def _part_content(self) -> AsyncIterator[bytes]:
-        keep = len(self._delimiter) - 1
+        keep = len(self._delimiter)  # one more than a delimiter's prefix: the CR in front of it
         while True:
             index = self._buffer.find(self._delimiter)
             if index >= 0:
-                if index:
-                    yield self._take(index)
-                del self._buffer[: len(self._delimiter)]
+                end = index - 1 if index and self._buffer[index - 1] == 0x0D else index
+                if end:
+                    yield self._take(end)
+                del self._buffer[: index - end + len(self._delimiter)]
                 return
             if len(self._buffer) > keep:
                 yield self._take(len(self._buffer) - keep)
@@ -126,3 +132,12 @@ class MultipartReader:
             data = bytes(view[:size])
         del self._buffer[:size]
         return data
+
+
+def _blank_line(buffer: bytearray) -> tuple[int, int] | None:
+    """Where the header block ends (the first empty line, CRLF or LF) and its content starts."""
+    candidates = []
+    for blank in (b"\r\n\r\n", b"\n\n", b"\n\r\n"):
+        if (index := buffer.find(blank)) >= 0:
+            candidates.append((index, index + len(blank)))
+    return min(candidates) if candidates else None

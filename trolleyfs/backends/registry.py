@@ -13,7 +13,9 @@ from trolleyfs.backends.dicom_qr import DicomQR
 from trolleyfs.backends.dimse import DimsePeer
 from trolleyfs.backends.dimse_retrieve import CGet, CMove, StorageSCP
 from trolleyfs.backends.http import HttpSession
+from trolleyfs.backends.mint import Mint
 from trolleyfs.backends.qido_rs import QidoRS
+from trolleyfs.backends.rad69 import Rad69
 from trolleyfs.backends.wado_rs import WadoRS
 from trolleyfs.backends.wado_uri import WadoURI
 from trolleyfs.config import Config
@@ -84,6 +86,7 @@ class Backends:
         factories: dict[str, Callable[[], Searcher]] = {
             "qido-rs": lambda: QidoRS(self._session(url), url),
             "dicom-qr": lambda: DicomQR(self._dimse_peer()),
+            "mint": lambda: Mint(self._session(self._config.resolved_mint_url), self._config.resolved_mint_url),
         }
         return factories[self._config.resolved_searcher]()
 
@@ -94,5 +97,8 @@ class Backends:
             "wado-uri": lambda: WadoURI(self._session(config.wado_uri_url), config.wado_uri_url),
             "c-get": lambda: CGet(self._dimse_peer()),
             "c-move": lambda: CMove(self._dimse_peer(), self._storage_scp()),
+            "rad69": lambda: Rad69(
+                self._session(config.rad69_url), config.rad69_url, config.rad69_repository_id, config.rad69_batch_size
+            ),
         }
         return factories[config.resolved_downloader]()

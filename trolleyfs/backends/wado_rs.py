@@ -6,7 +6,7 @@ the sink, so a series never sits in memory.
 
 from __future__ import annotations
 
-from trolleyfs.backends.base import InstanceSink
+from trolleyfs.backends.base import InstanceSink, store
 from trolleyfs.backends.http import HttpSession, build_url
 from trolleyfs.backends.multipart import MultipartReader, boundary_of
 from trolleyfs.errors import PacsProtocolError
@@ -35,9 +35,7 @@ class WadoRS:
                     raise PacsProtocolError(f"WADO-RS {url}: part of type {part.content_type!r}")
                 if expected_uid and parts_seen:
                     raise PacsProtocolError(f"WADO-RS {url}: more than one part for one instance")
-                async with sink.receive(expected_uid) as writer:
-                    async for chunk in part.content:
-                        await writer.write(chunk)
+                await store(sink, expected_uid, part.content)
                 parts_seen += 1
         if not parts_seen:
             raise PacsProtocolError(f"WADO-RS {url}: answer has no instances")

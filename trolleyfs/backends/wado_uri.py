@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trolleyfs.backends.base import InstanceSink
+from trolleyfs.backends.base import InstanceSink, store
 from trolleyfs.backends.http import HttpSession, build_url
 from trolleyfs.errors import NeedsInstances, PacsProtocolError
 from trolleyfs.model import InstanceReference, Reference
@@ -30,6 +30,4 @@ class WadoURI:
             content_type = response.headers.get("content-type", "")
             if not content_type.startswith("application/dicom"):
                 raise PacsProtocolError(f"WADO-URI {url}: answer of type {content_type!r}, not application/dicom")
-            async with sink.receive(reference.instance_uid) as writer:
-                async for chunk in response.aiter_bytes():
-                    await writer.write(chunk)
+            await store(sink, reference.instance_uid, response.aiter_bytes())

@@ -8,11 +8,14 @@ It serves, from Part-10 files held in memory:
 - WADO-RS (§10.4) at ``/dicom-web``: study, series and instance retrieval as
   ``multipart/related; type="application/dicom"``, streamed like Orthanc does (no
   Content-Length, ``Connection: close``);
-- WADO-URI (§9) at ``/wado``.
+- WADO-URI (§9) at ``/wado``;
+- MINT study search at ``/mint/studies`` and IHE RAD-69 retrieval at ``/rad69`` (POST), answered
+  as :mod:`trolleyfs.testing.pacs_soap` describes, from the same instances, byte-identically.
 
-Tests count requests by kind (``qido``, ``wado-rs``, ``wado-uri``) and inject faults: an HTTP
-error status, a hang, garbage instead of the answer, or a body cut off in the middle. ``stop()``
-and ``start()`` (on the same port) make it go down and come back.
+Tests count requests by kind (``qido``, ``wado-rs``, ``wado-uri``, ``mint``, ``rad69``) and inject
+faults: an HTTP error status, a hang, garbage instead of the answer, a body cut off in the middle,
+hostile XML, a missing document. ``stop()`` and ``start()`` (on the same port) make it go down and
+come back.
 """
 
 from __future__ import annotations
@@ -36,9 +39,17 @@ from urllib.parse import parse_qsl, urlsplit
 import pydicom
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from trolleyfs.model import SERIES_KEYWORDS, STUDY_KEYWORDS
 from trolleyfs.testing.endpoints import DicomWebEndpoints
+from trolleyfs.testing.pacs_soap import (
+    XML_BOMB,
+    XML_EXTERNAL,
+    mint_search_results,
+    parse_rad69_request,
+    rad69_envelope,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +79,10 @@ class StoredInstance:
 @dataclass
 class Fault:
     kind: str
-    """Request kind it applies to: qido, wado-rs, wado-uri, or * for all."""
+    """Request kind it applies to: qido, wado-rs, wado-uri, mint, rad69, or * for all."""
     action: str
-    """status | hang | garbage | empty | truncate | stall | wrong-instance | not-dicom | kill"""
+    """status | hang | garbage | empty | truncate | stall | wrong-instance | not-dicom | kill |
+    xml-bomb | xml-external (MINT, RAD-69) | missing (RAD-69: one document reported missing)"""
     status: int = 503
     retry_after: int | None = None
     """With action status: the Retry-After header to send."""
@@ -121,6 +133,8 @@ class EmbeddedPacs(DicomWebEndpoints):
         self.http_port = 0
         self.tls = tls
         """Serve https:// with this server-side context (tests of ca_bundle and client certificates)."""
+        self.repository_id = "1.3.6.1.4.1000"
+        """The RAD-69 RepositoryUniqueId it answers for (trolleyfs's default)."""
         if tls is not None:
             self.scheme = "https"
         for data in files:
@@ -227,34 +241,60 @@ class _Handler(BaseHTTPRequestHandler):
         params = parse_qsl(url.query, keep_blank_values=True)
         if segments[:1] == ["wado"]:
             kind = "wado-uri"
+        elif segments == ["mint", "studies"]:
+            kind = "mint"
         elif segments[:1] == ["dicom-web"] and segments[-1:] and segments[-1] in ("studies", "series", "instances"):
             kind = "qido"
         elif segments[:1] == ["dicom-web"]:
             kind = "wado-rs"
         else:
             return self._error(404, "unknown resource")
-        self.pacs._counted(kind)
-        fault = self.pacs.faults.take(kind)
-        if fault is not None and fault.action == "status":
-            return self._error(fault.status, "injected fault", fault.retry_after)
-        if fault is not None and fault.action == "hang":
-            self.pacs.faults.released.wait(120)
-            self.close_connection = True
+        corruption = self._fault_answered(kind)
+        if corruption is None:
             return None
-        if fault is not None and fault.action == "garbage":
-            body = b'[{"0020000D": {"vr": "UI", "Val' if kind == "qido" else b"<html>oops"
-            return self._send(200, "application/dicom+json" if kind == "qido" else "multipart/related", body)
-        if fault is not None and fault.action == "empty":
-            content_type = "application/dicom+json" if kind == "qido" else "application/dicom"
-            if kind == "wado-rs":
-                content_type = 'multipart/related; type="application/dicom"; boundary=b'
-            return self._send(200, content_type, b"--b--\r\n" if kind == "wado-rs" else b"")
-        corruption = fault.action if fault is not None else ""
         if kind == "qido":
             return self._qido(segments[1:], params)
+        if kind == "mint":
+            return self._mint(params, corruption)
         if kind == "wado-rs":
             return self._wado_rs(segments[1:], corruption)
         return self._wado_uri(dict(params), corruption)
+
+    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+        if urlsplit(self.path).path.rstrip("/") != "/rad69":
+            return self._error(404, "unknown resource")
+        corruption = self._fault_answered("rad69")
+        if corruption is None:
+            return None
+        return self._rad69(body, corruption)
+
+    def _fault_answered(self, kind: str) -> str | None:
+        """Count the request and apply a fault: None when the fault was the whole answer,
+        otherwise the corruption (maybe "") the answer must carry."""
+        self.pacs._counted(kind)
+        fault = self.pacs.faults.take(kind)
+        if fault is None:
+            return ""
+        xml_type = "application/soap+xml" if kind == "rad69" else "application/xml"
+        if fault.action == "status":
+            self._error(fault.status, "injected fault", fault.retry_after)
+        elif fault.action == "hang":
+            self.pacs.faults.released.wait(120)
+            self.close_connection = True
+        elif fault.action in ("xml-bomb", "xml-external"):
+            self._send(200, xml_type, XML_BOMB if fault.action == "xml-bomb" else XML_EXTERNAL)
+        elif fault.action == "garbage" and kind in ("qido", "wado-rs", "wado-uri"):
+            body = b'[{"0020000D": {"vr": "UI", "Val' if kind == "qido" else b"<html>oops"
+            self._send(200, "application/dicom+json" if kind == "qido" else "multipart/related", body)
+        elif fault.action == "empty":
+            content_type = {"qido": "application/dicom+json", "wado-uri": "application/dicom"}.get(kind, xml_type)
+            if kind == "wado-rs":
+                content_type = 'multipart/related; type="application/dicom"; boundary=b'
+            self._send(200, content_type, b"--b--\r\n" if kind == "wado-rs" else b"")
+        else:
+            return fault.action
+        return None
 
     # --- QIDO-RS ----------------------------------------------------------------------------------
 
@@ -299,19 +339,24 @@ class _Handler(BaseHTTPRequestHandler):
         instances = self.pacs.matching(dict(zip(names, segments[1::2])))
         if not instances:
             return self._error(404, "no such study, series or instance")
+        parts = [("Content-Type: application/dicom", self._corrupted(instance, corruption)) for instance in instances]
+        self._stream_multipart('multipart/related; type="application/dicom"', parts, corruption)
+
+    def _stream_multipart(self, content_type: str, parts: list[tuple[str, bytes]], corruption: str) -> None:
+        """Send ``(part headers, part bytes)`` as one multipart body, streamed like Orthanc (no
+        Content-Length, ``Connection: close``); "truncate", "kill" and "stall" break it midway."""
         boundary = uuid.uuid4().hex
         self.send_response(200)
-        self.send_header("Content-Type", f'multipart/related; type="application/dicom"; boundary={boundary}')
+        self.send_header("Content-Type", f"{content_type}; boundary={boundary}")
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        for index, instance in enumerate(instances):
-            data = self._corrupted(instance, corruption)
-            head = f"--{boundary}\r\nContent-Type: application/dicom\r\nContent-Length: {len(data)}\r\n\r\n"
-            self.wfile.write(head.encode())
-            if corruption in ("truncate", "kill", "stall") and index == len(instances) // 2:
+        breaking_point = len(parts) // 2
+        for index, (headers, data) in enumerate(parts):
+            self.wfile.write(f"--{boundary}\r\n{headers}\r\nContent-Length: {len(data)}\r\n\r\n".encode())
+            if corruption in ("truncate", "kill", "stall") and index == breaking_point:
                 self.wfile.write(data[: len(data) // 2])
-                if corruption == "stall":  # half an instance, then silence until released
+                if corruption == "stall":  # half a part, then silence until released
                     self.wfile.flush()
                     self.pacs.faults.released.wait(120)
                 if corruption == "kill":  # the server dies: the connection is reset, not closed
@@ -346,6 +391,60 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self._send(200, "application/dicom", data)
+
+    # --- MINT and RAD-69 ------------------------------------------------------------------------
+
+    def _mint(self, params: list[tuple[str, str]], corruption: str) -> None:
+        filters: dict[str, str] = {}
+        level, limit, low, high = "STUDY", 0, "", ""
+        for key, value in params:
+            if key == "QueryLevel":
+                level = value.upper()
+            elif key == "limit":
+                limit = int(value)
+            elif key == "min_study_date":
+                low = value
+            elif key == "max_study_date":
+                high = value
+            elif key != "IncludeFields" and value:
+                filters[key] = value
+        if level not in ("STUDY", "SERIES", "INSTANCE"):
+            return self._error(400, f"unknown QueryLevel {level!r}")
+        if low or high:
+            filters["StudyDate"] = f"{low}-{high}"
+        studies = _mint_tree(self.pacs.matching(filters), level, filters.get("ModalitiesInStudy"))
+        body = mint_search_results(studies[:limit] if limit else studies)
+        self._send(200, "application/xml", body[: len(body) // 2] if corruption == "garbage" else body)
+
+    def _rad69(self, body: bytes, corruption: str) -> None:
+        try:
+            request = parse_rad69_request(body)
+        except Exception as exc:  # noqa: BLE001 - any unreadable request is the client's fault
+            return self._error(400, f"not a RetrieveImagingDocumentSetRequest: {exc}")
+        found, missing = [], []
+        for uid in request.document_uids:
+            instance = self.pacs.instances.get(uid)
+            held = instance is not None and instance.value("SeriesInstanceUID") == request.series_uid
+            (found if held and request.repository_ids == {self.pacs.repository_id} else missing).append(uid)
+        if corruption == "missing" and found:
+            missing.append(found.pop(0))
+        content_ids = {uid: f"{uuid.uuid4().hex}@trolleyfs.test" for uid in found}
+        envelope = rad69_envelope(self.pacs.repository_id, content_ids, missing)
+        if corruption == "garbage":
+            envelope = envelope[: len(envelope) // 2]
+        if not found:
+            return self._send(200, "application/soap+xml; charset=utf-8", envelope)
+        root = ("Content-Type: application/xop+xml; charset=UTF-8; type=\"application/soap+xml\"\r\n"
+                "Content-Transfer-Encoding: binary\r\nContent-ID: <root@trolleyfs.test>")
+        attachments = [
+            (f"Content-Type: application/dicom\r\nContent-Transfer-Encoding: binary\r\nContent-ID: <{content_ids[uid]}>",
+             self._corrupted(self.pacs.instances[uid], corruption))
+            for uid in reversed(found)
+        ]
+        self._stream_multipart(
+            'multipart/related; type="application/xop+xml"; start="<root@trolleyfs.test>"; '
+            'start-info="application/soap+xml"', [(root, envelope), *attachments], corruption,
+        )
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -391,3 +490,37 @@ def _records(level: str, instances: list[StoredInstance], modalities: str | None
             answer.NumberOfSeriesRelatedInstances = len(members)
         records.append(answer.to_json_dict())
     return records
+
+
+def _mint_tree(instances: list[StoredInstance], level: str, modalities: str | None) -> list:
+    """Studies -> series -> instances, each as keyword -> text, down to ``level``."""
+    studies: dict[str, dict[str, list[StoredInstance]]] = {}
+    for instance in sorted(instances, key=lambda i: (i.value("StudyInstanceUID"), i.value("SeriesInstanceUID"),
+                                                     int(i.value("InstanceNumber") or 0))):
+        studies.setdefault(instance.value("StudyInstanceUID"), {}).setdefault(
+            instance.value("SeriesInstanceUID"), []).append(instance)
+    tree = []
+    for series_map in studies.values():
+        members = [member for group in series_map.values() for member in group]
+        in_study = sorted({member.value("Modality") for member in members})
+        if modalities and modalities not in in_study:
+            continue
+        study = _texts(members[0], _LEVEL_KEYWORDS["studies"])
+        study["ModalitiesInStudy"] = "\\".join(in_study)
+        series_list = []
+        if level != "STUDY":
+            for group in series_map.values():
+                instances_out = [_texts(i, _LEVEL_KEYWORDS["instances"][2:]) for i in group] if level == "INSTANCE" else []
+                series_list.append((_texts(group[0], _LEVEL_KEYWORDS["series"][1:]), instances_out))
+        tree.append((study, series_list))
+    return tree
+
+
+def _texts(instance: StoredInstance, keywords: Iterable[str]) -> dict[str, str]:
+    texts = {}
+    for keyword in keywords:
+        value = instance.header.get(keyword)
+        if value is None:
+            continue
+        texts[keyword] = "\\".join(map(str, value)) if isinstance(value, (list, tuple, MultiValue)) else str(value)
+    return texts

@@ -1,0 +1,197 @@
+"""MINT searcher and RAD-69 downloader: parsers on hand-written answers that follow the MINT API
+and IHE RAD TF-3, and both backends against the embedded PACS through the filesystem core."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+
+import pytest
+
+from tests.unit.helpers import all_files, filesystem_over, read_all
+from trolleyfs.backends.mint import parse_study_search_results
+from trolleyfs.backends.rad69 import _stream_mtom, parse_envelope
+from trolleyfs.errors import PacsError, PacsProtocolError
+from trolleyfs.testing.pacs_soap import XML_BOMB, XML_EXTERNAL
+
+MINT_ANSWER = b"""<?xml version="1.0" encoding="UTF-8"?>
+<m:studySearchResults xmlns:m="http://medical.nema.org/mint">
+  <m:study studyUUID="b1e4" lastModified="2024-01-15T08:00:00.000Z">
+    <m:attr tag="0020000d" vr="UI" val="1.2.3"/>
+    <m:attr tag="00100020" vr="LO" val="PAT 1"/>
+    <m:attr tag="00081030" vr="LO"/>
+    <m:attr tag="00080061" vr="CS" val="CT\\MR"/>
+    <m:attr tag="00091001" vr="LO" val="private, ignored"/>
+    <m:series>
+      <m:attr tag="0020000e" vr="UI" val="1.2.3.4"/>
+      <m:attr tag="00080060" vr="CS" val="CT"/>
+      <m:instance>
+        <m:attr tag="00080018" vr="UI" val="1.2.3.4.5"/>
+        <m:attr tag="00280010" vr="US" val="512"/>
+      </m:instance>
+      <m:instance><m:attr tag="00080018" vr="UI" val="1.2.3.4.6"/></m:instance>
+    </m:series>
+  </m:study>
+</m:studySearchResults>"""
+
+
+def test_mint_answer_with_another_prefix_missing_and_multi_valued_attributes():
+    [study] = parse_study_search_results(MINT_ANSWER)
+    assert study.uid == "1.2.3"
+    assert study.attributes["PatientID"] == "PAT 1"
+    assert study.attributes["StudyDescription"] == ""  # an attr without val is empty
+    assert study.attributes["ModalitiesInStudy"] == ["CT", "MR"]
+    [series] = study.series
+    assert (series.uid, series.attributes["Modality"]) == ("1.2.3.4", "CT")
+    assert [i.uid for i in series.instances] == ["1.2.3.4.5", "1.2.3.4.6"]
+    assert series.instances[0].attributes["Rows"] == "512" and "Rows" not in series.instances[1].attributes
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"<studySearchResults xmlns='http://medical.nema.org/mint'><study>", "not XML"),
+        (b"<html><body>login</body></html>", "expected MINT studySearchResults"),
+        (b"<studySearchResults xmlns='http://medical.nema.org/mint'><study/></studySearchResults>", "without StudyInstanceUID"),
+        (XML_BOMB, "refused XML"),
+        (XML_EXTERNAL, "refused XML"),
+    ],
+)
+def test_a_bad_or_hostile_mint_answer_is_a_clear_error(body, message):
+    started = time.monotonic()
+    with pytest.raises(PacsProtocolError, match=message):
+        parse_study_search_results(body)
+    assert time.monotonic() - started < 1  # nothing was expanded
+
+
+ENVELOPE = """<?xml version="1.0" encoding="utf-8"?>
+<soap:Envelope xmlns:soap="http://www.w3.org/2003/05/soap-envelope">
+ <soap:Body>
+  <x:RetrieveDocumentSetResponse xmlns:x="urn:ihe:iti:xds-b:2007"
+      xmlns:r="urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0">
+   <r:RegistryResponse status="urn:ihe:iti:2007:ResponseStatusType:PartialSuccess">
+    <r:RegistryErrorList>
+     <r:RegistryError errorCode="XDSMissingDocument" codeContext="Unable to locate SOP" location="1.9.3"
+        severity="urn:oasis:names:tc:ebxml-regrep:ErrorSeverityType:Error"/>
+    </r:RegistryErrorList>
+   </r:RegistryResponse>
+   <x:DocumentResponse><x:RepositoryUniqueId>1.3.6.1.4.1000</x:RepositoryUniqueId>
+    <x:DocumentUniqueId>1.9.1</x:DocumentUniqueId><x:mimeType>application/dicom</x:mimeType>
+    <x:Document><inc:Include xmlns:inc="http://www.w3.org/2004/08/xop/include" href="cid:first%40example"/></x:Document>
+   </x:DocumentResponse>
+   <x:DocumentResponse><x:RepositoryUniqueId>1.3.6.1.4.1000</x:RepositoryUniqueId>
+    <x:DocumentUniqueId>1.9.2</x:DocumentUniqueId><x:mimeType>application/dicom</x:mimeType>
+    <x:Document><inc:Include xmlns:inc="http://www.w3.org/2004/08/xop/include" href="cid:second@example"/></x:Document>
+   </x:DocumentResponse>
+  </x:RetrieveDocumentSetResponse>
+ </soap:Body>
+</soap:Envelope>"""
+
+
+def test_rad69_envelope_maps_content_ids_to_documents_and_reads_registry_errors():
+    envelope = parse_envelope(ENVELOPE.encode())
+    assert envelope.documents == {"first@example": "1.9.1", "second@example": "1.9.2"}  # cid: is URL-decoded
+    assert envelope.errors == ["XDSMissingDocument (1.9.3): Unable to locate SOP"]
+
+
+class MemorySink:
+    def __init__(self) -> None:
+        self.files: dict[str | None, bytes] = {}
+
+    @asynccontextmanager
+    async def receive(self, expected_uid=None):
+        chunks: list[bytes] = []
+
+        class Writer:
+            async def write(self, chunk: bytes) -> None:
+                chunks.append(chunk)
+
+        yield Writer()
+        self.files[expected_uid] = b"".join(chunks)
+
+
+def mtom(parts: list[tuple[str, bytes]], line_end: bytes = b"\r\n") -> bytes:
+    body = b""
+    for headers, content in parts:
+        body += b"--MIME" + line_end + headers.encode().replace(b"\n", line_end) + line_end * 2 + content + line_end
+    return body + b"--MIME--" + line_end
+
+
+ROOT_HEADERS = 'Content-Type: application/xop+xml; type="application/soap+xml"\nContent-ID: <root>'
+
+
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"])
+async def test_rad69_parts_are_matched_by_content_id_not_by_position(line_end):
+    body = mtom([
+        (ROOT_HEADERS, ENVELOPE.encode()),
+        ("Content-Type: application/dicom\nContent-ID: <second@example>", b"SECOND\r\n"),
+        ("Content-Type: application/dicom\nContent-ID: <first@example>", b"FIRST"),
+    ], line_end)
+
+    async def chunks():
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    sink, received = MemorySink(), set()
+    envelope = await _stream_mtom(chunks(), 'multipart/related; type="application/xop+xml"; boundary=MIME',
+                                  sink, received, "test")
+    assert sink.files == {"1.9.1": b"FIRST", "1.9.2": b"SECOND\r\n"}
+    assert received == {"1.9.1", "1.9.2"} and envelope.errors
+
+
+async def test_a_rad69_part_no_document_refers_to_is_refused():
+    body = mtom([(ROOT_HEADERS, ENVELOPE.encode()), ("Content-Type: application/dicom\nContent-ID: <stray@x>", b"X")])
+
+    async def chunks():
+        yield body
+
+    with pytest.raises(PacsProtocolError, match="stray@x"):
+        await _stream_mtom(chunks(), "multipart/related; boundary=MIME", MemorySink(), set(), "test")
+
+
+def rad69_options(pacs) -> dict[str, str]:
+    return {"searcher": "mint", "mint_url": f"{pacs.base_url}/mint", "downloader": "rad69",
+            "rad69_url": f"{pacs.base_url}/rad69"}
+
+
+async def test_mint_and_rad69_give_the_tree_and_bytes_of_qido_and_wado_rs(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path / "web", readahead_max=0) as fs:
+        web = await all_files(fs)
+    async with filesystem_over(pacs, tmp_path / "soap", **rad69_options(pacs)) as fs:
+        soap = await all_files(fs)
+        assert set(soap) == set(web)
+        for node in soap.values():
+            uid = node.key.instance_uid
+            assert await read_all(fs, node.inode) == pacs.instances[uid].data
+    assert pacs.count("mint") > 0 and pacs.count("qido") > 0
+    series = {i.value("SeriesInstanceUID") for i in pacs.instances.values()}
+    assert pacs.count("rad69") == 2 * len(series)  # a first file, then the rest of its series in one request
+
+
+async def test_a_document_the_repository_reports_missing_is_a_pacs_error(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path, readahead_max=0, retries=0, **rad69_options(pacs)) as fs:
+        node = next(iter((await all_files(fs)).values()))
+        pacs.faults.add("rad69", "missing", count=1)
+        with pytest.raises(PacsError, match="XDSMissingDocument"):
+            await read_all(fs, node.inode)
+        assert len(fs.trolley.cache) == 0
+        assert await read_all(fs, node.inode) == pacs.instances[node.key.instance_uid].data
+
+
+async def test_a_series_is_fetched_in_batches_of_rad69_batch_size(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path, rad69_batch_size=4, **rad69_options(pacs)) as fs:
+        files = await all_files(fs)
+        series_uid = next(iter(files.values())).key.series_uid
+        in_series = [node for node in files.values() if node.key.series_uid == series_uid]
+        for node in in_series:
+            assert await read_all(fs, node.inode) == pacs.instances[node.key.instance_uid].data
+    remaining = len(in_series) - 1  # the first file is fetched by itself, then the read-ahead
+    assert pacs.count("rad69") == 1 + -(-remaining // 4)
+
+
+async def test_a_rad69_503_is_retried_into_the_right_bytes(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path, readahead_max=0, retries=1, **rad69_options(pacs)) as fs:
+        node = next(iter((await all_files(fs)).values()))
+        pacs.faults.add("rad69", "status", status=503, count=1)
+        assert await read_all(fs, node.inode) == pacs.instances[node.key.instance_uid].data
+    assert pacs.count("rad69") == 2

@@ -1,0 +1,188 @@
+"""RAD-69 downloader: IHE Retrieve Imaging Document Set (RAD TF-2 §4.69), SOAP 1.2 over HTTP.
+
+A request names a study, its series and, in each, the instances wanted as XDS documents
+(RepositoryUniqueId + DocumentUniqueId = SOPInstanceUID), with the transfer syntaxes we accept.
+The answer is MTOM/XOP: a ``multipart/related`` body whose root part is the SOAP envelope, listing
+each document with an ``<xop:Include href="cid:...">`` that names the part holding its bytes.
+Parts are matched to documents by that Content-ID, never by position, and streamed to the sink
+as they arrive. Documents the repository could not return are reported in a ``RegistryErrorList``
+(for instance ``XDSMissingDocument``) and become a PacsError naming them.
+
+Instances are asked for a series at a time, at most ``batch_size`` per request; a study, or a
+series whose instances are not known, raises NeedsInstances so that the trolley finds them.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+from xml.etree import ElementTree
+from xml.etree.ElementTree import Element
+
+from trolleyfs.backends.base import InstanceSink, store
+from trolleyfs.backends.dimse_retrieve import COMMON
+from trolleyfs.backends.http import HttpSession, loggable
+from trolleyfs.backends.multipart import MultipartReader, boundary_of
+from trolleyfs.backends.safe_xml import parse_xml
+from trolleyfs.errors import NeedsInstances, PacsError, PacsProtocolError
+from trolleyfs.model import InstanceReference, Reference, SeriesReference
+
+ACTION = "urn:ihe:rad:2009:RetrieveImagingDocumentSet"
+SOAP = "http://www.w3.org/2003/05/soap-envelope"
+ADDRESSING = "http://www.w3.org/2005/08/addressing"
+IHE_RAD = "urn:ihe:rad:xdsi-b:2009"
+XDS = "urn:ihe:iti:xds-b:2007"
+REGREP = "urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0"
+XOP = "http://www.w3.org/2004/08/xop/include"
+_MAX_ENVELOPE_BYTES = 16 * 1024**2
+_ANONYMOUS = "http://www.w3.org/2005/08/addressing/anonymous"
+
+
+@dataclass
+class Envelope:
+    """What a response's SOAP envelope says."""
+
+    documents: dict[str, str] = field(default_factory=dict)
+    """SOPInstanceUID of each attachment, by Content-ID."""
+    inline: dict[str, bytes] = field(default_factory=dict)
+    """Documents sent base64-encoded in the envelope itself, by SOPInstanceUID."""
+    errors: list[str] = field(default_factory=list)
+    """``errorCode (location): codeContext`` of each RegistryError, and any SOAP fault."""
+
+
+class Rad69:
+    def __init__(self, session: HttpSession, url: str, repository_id: str, batch_size: int = 1000) -> None:
+        self.session = session
+        self.url = url
+        self.repository_id = repository_id
+        self.batch_size = batch_size
+
+    async def fetch(self, reference: Reference, sink: InstanceSink) -> None:
+        if isinstance(reference, InstanceReference):
+            batches: Iterator[list[str]] = iter([[reference.instance_uid]])
+        elif isinstance(reference, SeriesReference) and reference.instance_uids:
+            uids = list(reference.instance_uids)
+            batches = (uids[i : i + self.batch_size] for i in range(0, len(uids), self.batch_size))
+        else:
+            raise NeedsInstances(f"RAD-69 retrieves named instances, not a whole {type(reference).__name__}")
+        for batch in batches:
+            await self._retrieve(reference.study_uid, reference.series_uid, batch, sink)
+
+    async def _retrieve(self, study_uid: str, series_uid: str, uids: list[str], sink: InstanceSink) -> None:
+        body = request_envelope(self.url, self.repository_id, study_uid, series_uid, uids)
+        headers = {
+            "Content-Type": f'application/soap+xml; charset=utf-8; action="{ACTION}"',
+            "Accept": "multipart/related, application/soap+xml",
+            "Accept-Encoding": "identity",
+        }
+        where = f"RAD-69 {loggable(self.url)}"
+        received: set[str] = set()
+        async with self.session.stream(self.url, headers, method="POST", content=body) as response:
+            content_type = response.headers.get("content-type", "")
+            if content_type.startswith("multipart/"):
+                envelope = await _stream_mtom(response.aiter_bytes(), content_type, sink, received, where)
+            else:
+                envelope = parse_envelope(await response.aread(), where)
+        for uid, data in envelope.inline.items():
+            async with sink.receive(uid) as writer:
+                await writer.write(data)
+            received.add(uid)
+        missing = [uid for uid in uids if uid not in received]
+        if missing:
+            reasons = "; ".join(envelope.errors) or "no reason given"
+            raise PacsError(f"{where}: {len(missing)} of {len(uids)} instances not returned ({reasons})")
+
+
+async def _stream_mtom(chunks, content_type: str, sink: InstanceSink, received: set[str], where: str) -> Envelope:  # type: ignore[no-untyped-def]
+    """Read an MTOM answer: the envelope first, then each attachment into the sink by Content-ID."""
+    envelope: Envelope | None = None
+    reader = MultipartReader(chunks, boundary_of(content_type))
+    async for part in reader.parts():
+        if envelope is None:
+            if not part.content_type.startswith(("application/xop+xml", "application/soap+xml")):
+                raise PacsProtocolError(f"{where}: first part is {part.content_type!r}, not the SOAP envelope")
+            envelope = parse_envelope(await _read_bounded(part.content, where), where)
+            continue
+        content_id = part.headers.get("content-id", "").strip().strip("<>")
+        uid = envelope.documents.get(content_id)
+        if uid is None:
+            raise PacsProtocolError(f"{where}: a part with Content-ID {content_id!r} that no document refers to")
+        if uid in received:
+            raise PacsProtocolError(f"{where}: instance {uid} sent twice")
+        await store(sink, uid, part.content)
+        received.add(uid)
+    if envelope is None:
+        raise PacsProtocolError(f"{where}: multipart answer without parts")
+    return envelope
+
+
+async def _read_bounded(content, where: str) -> bytes:  # type: ignore[no-untyped-def]
+    data = bytearray()
+    async for chunk in content:
+        data += chunk
+        if len(data) > _MAX_ENVELOPE_BYTES:
+            raise PacsProtocolError(f"{where}: SOAP envelope larger than {_MAX_ENVELOPE_BYTES} bytes")
+    return bytes(data)
+
+
+def request_envelope(url: str, repository_id: str, study_uid: str, series_uid: str, uids: list[str]) -> bytes:
+    """The SOAP 1.2 RetrieveImagingDocumentSetRequest for some instances of one series."""
+    ElementTree.register_namespace("s", SOAP)
+    ElementTree.register_namespace("a", ADDRESSING)
+    ElementTree.register_namespace("iherad", IHE_RAD)
+    ElementTree.register_namespace("ihe", XDS)
+    must = {f"{{{SOAP}}}mustUnderstand": "1"}
+    envelope = Element(f"{{{SOAP}}}Envelope")
+    header = ElementTree.SubElement(envelope, f"{{{SOAP}}}Header")
+    ElementTree.SubElement(header, f"{{{ADDRESSING}}}Action", must).text = ACTION
+    ElementTree.SubElement(header, f"{{{ADDRESSING}}}MessageID").text = f"urn:uuid:{uuid.uuid4()}"
+    reply_to = ElementTree.SubElement(header, f"{{{ADDRESSING}}}ReplyTo", must)
+    ElementTree.SubElement(reply_to, f"{{{ADDRESSING}}}Address").text = _ANONYMOUS
+    ElementTree.SubElement(header, f"{{{ADDRESSING}}}To", must).text = url
+    body = ElementTree.SubElement(envelope, f"{{{SOAP}}}Body")
+    request = ElementTree.SubElement(body, f"{{{IHE_RAD}}}RetrieveImagingDocumentSetRequest")
+    study = ElementTree.SubElement(request, f"{{{IHE_RAD}}}StudyRequest", studyInstanceUID=study_uid)
+    series = ElementTree.SubElement(study, f"{{{IHE_RAD}}}SeriesRequest", seriesInstanceUID=series_uid)
+    for uid in uids:
+        document = ElementTree.SubElement(series, f"{{{XDS}}}DocumentRequest")
+        ElementTree.SubElement(document, f"{{{XDS}}}RepositoryUniqueId").text = repository_id
+        ElementTree.SubElement(document, f"{{{XDS}}}DocumentUniqueId").text = uid
+    syntaxes = ElementTree.SubElement(request, f"{{{IHE_RAD}}}TransferSyntaxUIDList")
+    for syntax in COMMON:  # what the repository may send unchanged; nothing asks it to transcode
+        ElementTree.SubElement(syntaxes, f"{{{IHE_RAD}}}TransferSyntaxUID").text = str(syntax)
+    return ElementTree.tostring(envelope, encoding="utf-8", xml_declaration=True)
+
+
+def parse_envelope(body: bytes, where: str = "RAD-69") -> Envelope:
+    """The documents, inline documents and errors of a RetrieveDocumentSetResponse envelope."""
+    root = parse_xml(body, where)
+    if root.tag != f"{{{SOAP}}}Envelope":
+        raise PacsProtocolError(f"{where}: expected a SOAP 1.2 Envelope, got <{root.tag}>")
+    envelope = Envelope()
+    for fault in root.iter(f"{{{SOAP}}}Fault"):
+        reason = " ".join(text.strip() for text in fault.itertext() if text.strip())
+        envelope.errors.append(f"SOAP fault: {reason}")
+    for error in root.iter(f"{{{REGREP}}}RegistryError"):
+        envelope.errors.append(
+            f"{error.get('errorCode', '?')} ({error.get('location', '')}): {error.get('codeContext', '')}".strip()
+        )
+    for document in root.iter(f"{{{XDS}}}DocumentResponse"):
+        uid = (document.findtext(f"{{{XDS}}}DocumentUniqueId") or "").strip()
+        content = document.find(f"{{{XDS}}}Document")
+        if not uid or content is None:
+            raise PacsProtocolError(f"{where}: DocumentResponse without DocumentUniqueId or Document")
+        include = content.find(f"{{{XOP}}}Include")
+        if include is not None:
+            href = include.get("href", "")
+            if not href.startswith("cid:"):
+                raise PacsProtocolError(f"{where}: xop:Include href {href!r} is not a cid: URL")
+            envelope.documents[unquote(href[4:])] = uid
+        else:
+            try:
+                envelope.inline[uid] = base64.b64decode("".join(content.itertext()), validate=False)
+            except ValueError as exc:
+                raise PacsProtocolError(f"{where}: document {uid} is neither an xop:Include nor base64") from exc
+    return envelope
