@@ -2,7 +2,8 @@
 # Sets up like the tests, adds the peers (rclone from Debian, dicomtrolley 4.1 from PyPI in its own
 # venv, so that it cannot change trolleyfs's dependencies), then runs the benchmark suite in a
 # private network namespace. Arguments go to benchmarks/run.py (--rounds N, --json FILE);
-# with --memory first, the memory benchmark runs instead (benchmarks/memory.py, --instances N).
+# with --memory first, the memory benchmark runs instead (benchmarks/memory.py, --instances N);
+# with --protocols first, the protocol pairs against the embedded PACS (benchmarks/protocols.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -12,8 +13,8 @@ if [ ! -x .venv-peers/bin/python ]; then
 fi
 .venv-peers/bin/python -c 'import dicomtrolley' 2>/dev/null || .venv-peers/bin/pip install -q 'dicomtrolley==4.1.0'
 script=benchmarks/run.py
-if [ "${1:-}" = --memory ]; then
-    script=benchmarks/memory.py
-    shift
-fi
+case "${1:-}" in
+    --memory) script=benchmarks/memory.py; shift ;;
+    --protocols) script=benchmarks/protocols.py; shift ;;
+esac
 exec unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python "$0" "$@"' "$script" "$@"

@@ -76,12 +76,14 @@ async def test_listings_are_cached_for_the_ttl(pacs, tmp_path, mock_clock):
         assert pacs.count("qido") == 2
 
 
-async def test_patient_found_by_id_when_root_listing_is_off(tmp_path):
+@pytest.mark.parametrize("searcher", ["qido-rs", "mint"])
+async def test_patient_found_by_id_when_root_listing_is_off(tmp_path, searcher):
     odd_ids = ("A/B 1", ".hidden", "..", "", "x*y?", "100%")
     spec = SampleSpec(patients=tuple((pid, "ODD^NAME") for pid in odd_ids), studies_per_patient=1,
                       series_per_study=1, instances_per_series=1)
     with EmbeddedPacs(generate(spec)) as pacs:
-        async with filesystem_over(pacs, tmp_path, root_listing_limit=0) as fs:
+        mint = {"searcher": "mint", "mint_url": f"{pacs.base_url}/mint"} if searcher == "mint" else {}
+        async with filesystem_over(pacs, tmp_path, root_listing_limit=0, **mint) as fs:
             patients = await walk(fs, "/patients")
             assert await listdir(fs, patients.inode) == {}
             for pid in odd_ids:
