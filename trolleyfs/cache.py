@@ -45,6 +45,8 @@ _WRITE_BUFFER = 1024 * 1024
 _disk_limiter = trio.CapacityLimiter(4)
 _TOUCH_INTERVAL = 60.0
 """Seconds between two refreshes of a file's modification time (its LRU rank after a restart)."""
+_JUST_WRITTEN = 60.0
+"""Seconds after publishing during which a file is taken to be in the page cache still."""
 
 
 @functools.lru_cache(maxsize=65536)
@@ -70,6 +72,7 @@ class InstanceCache:
         self._index: OrderedDict[str, CachedFile] = OrderedDict()
         self._pins: Counter[str] = Counter()
         self._touched: dict[str, float] = {}
+        self._written: dict[str, float] = {}
         self.total_bytes = 0
 
     @classmethod
@@ -156,9 +159,16 @@ class InstanceCache:
             except OSError as exc:
                 log.debug("cannot refresh %s: %s", entry.path, exc)
 
+    def just_written(self, uid: str) -> bool:
+        """Whether this process published ``uid`` moments ago, so that reading it costs no disk
+        access (its pages are still in the page cache) and need not leave the event loop."""
+        written = self._written.get(_key(uid))
+        return written is not None and time.monotonic() - written < _JUST_WRITTEN
+
     def _remove(self, key: str) -> CachedFile:
         entry = self._index.pop(key)
         self._touched.pop(key, None)
+        self._written.pop(key, None)
         self.total_bytes -= entry.size
         return entry
 
@@ -217,6 +227,7 @@ class InstanceCache:
             if previous.path != entry.path:
                 previous.path.unlink(missing_ok=True)
         self._index[key] = entry
+        self._touched[key] = self._written[key] = time.monotonic()
         self.total_bytes += entry.size
         await self._evict(free)
 

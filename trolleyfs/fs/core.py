@@ -52,6 +52,8 @@ _STATIC_CHILDREN = {
 class OpenFile:
     node: Node
     fd: int | None = None
+    just_written: bool = False
+    """Its pages are in the page cache (published moments ago): read without a thread hop."""
     snapshot: bytes | None = None
     """Contents fixed at open, for generated files (stats)."""
 
@@ -247,7 +249,7 @@ class FileSystem:
                 raise CacheError(f"{key.instance_uid} left the cache as soon as it was downloaded")
         fd, cached = opened
         node.size, node.size_exact = cached.size, True
-        self._open_files[handle] = OpenFile(node, fd=fd)
+        self._open_files[handle] = OpenFile(node, fd=fd, just_written=self.trolley.cache.just_written(key.instance_uid))
         return handle, False
 
     def _maybe_read_ahead(self, key: NodeKey, file_size: int) -> None:
@@ -266,6 +268,8 @@ class FileSystem:
         open_file = self._open_files[handle]
         if open_file.snapshot is not None:
             return open_file.snapshot[offset : offset + size]
+        if open_file.just_written:
+            return os.pread(open_file.fd, size, offset)
         return await trio.to_thread.run_sync(os.pread, open_file.fd, size, offset, limiter=_read_limiter)
 
     def release(self, handle: int) -> None:
