@@ -144,6 +144,10 @@ class Config(BaseModel):
     readahead_max: Size = 512 * 1024**2
     """Opening a file that is not cached yet also starts a background download of the rest of its
     series, when the series is estimated at no more than this many bytes; 0 turns read-ahead off."""
+    read_ahead_kb: int = Field(default=1024, ge=0)
+    """Kernel read-ahead window of the mount in KiB (FUSE's own default is 128): larger means
+    fewer, larger read requests for files not yet in the page cache. Set through
+    `/sys/class/bdi`, which needs root; 0 leaves the kernel's default."""
     listing_readahead: int = Field(default=16, ge=0)
     """Listing a study also lists its series in the background (two searches at a time) when it
     has no more than this many, so that opening them, `ls -lR` or a file manager counting their

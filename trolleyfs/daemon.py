@@ -79,14 +79,36 @@ async def serve(config: Config, mountpoint: Path, on_ready: Callable[[], None] =
         pyfuse3.init(operations, str(mountpoint), fuse_options(config))
         try:
             log.info("mounted %s on %s (cache %s)", config.source, mountpoint, config.resolved_cache_dir)
-            on_ready()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_terminate_on_signal, nursery.cancel_scope)
+                nursery.start_soon(_once_serving, config, mountpoint, on_ready)
                 await pyfuse3.main()
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
+
+
+async def _once_serving(config: Config, mountpoint: Path, on_ready: Callable[[], None]) -> None:
+    """Finish setting up while the filesystem already answers, then report the mount ready."""
+    if config.read_ahead_kb:
+        await set_read_ahead(mountpoint, config.read_ahead_kb)
+    on_ready()
+
+
+async def set_read_ahead(mountpoint: Path, kilobytes: int) -> None:
+    """Set the kernel's read-ahead window of our mount. FUSE can only lower it during the INIT
+    handshake (its default is 128 KiB); the mount's bdi in sysfs can raise it, which turns a cold
+    file's reads into fewer, larger requests. Needs root; without, the default stays (logged).
+
+    Runs while the filesystem serves: the stat (from a worker thread, answered by this very
+    process) returns only once INIT is done, so the handshake cannot undo the setting."""
+    device = (await trio.to_thread.run_sync(os.stat, mountpoint)).st_dev
+    knob = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+    try:
+        knob.write_text(f"{kilobytes}\n")
+    except OSError as exc:
+        log.info("read-ahead window left at the kernel's default: cannot write %s: %s", knob, exc)
 
 
 PROBE_QUERY = Query(StudyInstanceUID="1.2.826.0.1.3680043.8.498.1")  # a UID no PACS holds: a cheap search

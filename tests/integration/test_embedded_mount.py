@@ -115,3 +115,22 @@ def test_a_missing_name_is_remembered_by_the_kernel_for_the_listing_ttl(mount, p
     for _ in range(3):
         assert not (series / "no-such-file.dcm").exists()
     assert forgotten.stats()["lookups"] - before >= 3
+
+
+def test_the_kernel_read_ahead_window_is_raised_even_on_a_mount_point_with_a_space(pacs, tmp_path, fuse_available):
+    import os
+    from pathlib import Path
+
+    from tests.mounting import MountFactory
+
+    spaced = tmp_path / "with space"
+    spaced.mkdir()
+    factory = MountFactory(spaced)
+    try:
+        mounted = factory(pacs.dicomweb_url, read_ahead_kb=768)
+        device = os.stat(mounted.path).st_dev
+        window = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb").read_text()
+        assert window.strip() == "768"
+        assert first_file(mounted).read_bytes()[128:132] == b"DICM"
+    finally:
+        factory.unmount_all()
