@@ -6,11 +6,14 @@ reads, and ``python -m trolleyfs mount ... -f`` serves.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import select
 import subprocess
 import sys
-import select
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from trolleyfs.daemon import READY, READY_FD_ENV
@@ -84,3 +87,24 @@ class MountFactory:
     def unmount_all(self) -> None:
         for mounted in self.mounts:
             mounted.unmount()
+
+
+def expect_eio_while_the_pacs_is_down(mounted: Mounted, stop: Callable[[], object], start: Callable[[], object]) -> None:
+    """With the PACS stopped, reading a file not cached yet and listing (mount with listing_ttl=0)
+    give EIO within 15 s and the mount stays; once the PACS is back, the file reads."""
+    files = mounted.files()
+    stop()
+    try:
+        for attempt in (lambda: files[0].read_bytes(), lambda: list(mounted.patients.iterdir())):
+            started = time.monotonic()
+            try:
+                attempt()
+            except OSError as exc:
+                assert exc.errno == errno.EIO, exc
+            else:
+                raise AssertionError("no error while the PACS is down")
+            assert time.monotonic() - started < 15
+        assert os.path.ismount(mounted.path)
+    finally:
+        start()
+    assert files[0].read_bytes()[128:132] == b"DICM"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import subprocess
 import time
 
@@ -17,6 +18,7 @@ import pytest
 
 from tests.conftest import need_tool
 from tests.integration.test_embedded_mount import soap_options
+from tests.mounting import expect_eio_while_the_pacs_is_down
 
 
 def soap_mount(mount, pacs, **options):
@@ -70,3 +72,33 @@ def test_a_stalled_rad69_transfer_gives_eio_within_the_timeout(mount, pacs):
     pacs.faults.clear()
     assert raised.value.errno == errno.EIO
     assert time.monotonic() - started < 8
+
+
+def test_ls_lR_and_find_download_nothing(mount, pacs):
+    mounted = soap_mount(mount, pacs)
+    listing = subprocess.run(["ls", "-lR", str(mounted.path)], capture_output=True, text=True, check=True)
+    assert listing.stdout.count(".dcm") == len(pacs.instances)
+    subprocess.run(["find", str(mounted.path), "-name", "*.dcm", "-size", "+1k"], capture_output=True, check=True)
+    assert pacs.count("rad69") == 0 and mounted.stats()["instances_downloaded"] == 0
+
+
+def test_fstat_after_open_gives_the_true_size_and_reads_and_restarts_are_served_from_the_cache(mount, pacs):
+    mounted = soap_mount(mount, pacs, readahead_max=0)
+    path = mounted.files()[3]
+    stored = pacs.instances[path.name[:-4].rsplit("_", 1)[1]].data
+    with open(path, "rb") as handle:
+        assert os.fstat(handle.fileno()).st_size == len(stored) == handle.seek(0, os.SEEK_END)
+        handle.seek(0)
+        assert handle.read() == stored
+    assert path.read_bytes() == stored
+    assert pacs.count("rad69") == 1
+    assert mounted.unmount() == 0
+    again = soap_mount(mount, pacs, readahead_max=0)
+    assert (again.path / path.relative_to(mounted.path)).read_bytes() == stored
+    assert pacs.count("rad69") == 1 and again.stats()["download_requests"] == 0
+
+
+def test_a_stopped_pacs_gives_eio_in_time_and_the_mount_recovers(mount, pacs):
+    mounted = soap_mount(mount, pacs, timeout=2, retries=1, listing_ttl=0)
+    expect_eio_while_the_pacs_is_down(mounted, pacs.stop, pacs.start)
+    assert len(list(mounted.patients.iterdir())) == len({i.value("PatientID") for i in pacs.instances.values()})

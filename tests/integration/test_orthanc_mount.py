@@ -15,6 +15,7 @@ import pydicom
 import pytest
 
 from tests.conftest import need_tool
+from tests.mounting import expect_eio_while_the_pacs_is_down
 from trolleyfs.fs.tree import patient_dir_name
 
 
@@ -132,19 +133,7 @@ def test_dcmdump_and_pydicom_read_files_in_place(mount, backend, orthanc, orthan
 
 def test_stopped_pacs_gives_eio_in_time_and_the_mount_recovers(mount, backend, orthanc, orthanc_patients):
     mounted = mount(backend.source, timeout=2, retries=1, listing_ttl=0, **backend.options)
-    files = mounted.files()
-    orthanc.stop()
-    try:
-        for attempt in (lambda: files[0].read_bytes(), lambda: list(mounted.patients.iterdir())):
-            started = time.monotonic()
-            with pytest.raises(OSError) as raised:
-                attempt()
-            assert raised.value.errno == errno.EIO
-            assert time.monotonic() - started < 15
-        assert os.path.ismount(mounted.path)
-    finally:
-        orthanc.start()
-    assert files[0].read_bytes()[128:132] == b"DICM"
+    expect_eio_while_the_pacs_is_down(mounted, orthanc.stop, orthanc.start)
     assert len(list(mounted.patients.iterdir())) == orthanc_patients
 
 
