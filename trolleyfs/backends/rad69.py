@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 from xml.etree import ElementTree
@@ -39,6 +39,8 @@ REGREP = "urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0"
 XOP = "http://www.w3.org/2004/08/xop/include"
 _MAX_ENVELOPE_BYTES = 16 * 1024**2
 _ANONYMOUS = "http://www.w3.org/2005/08/addressing/anonymous"
+for _prefix, _namespace in (("s", SOAP), ("a", ADDRESSING), ("iherad", IHE_RAD), ("ihe", XDS)):
+    ElementTree.register_namespace(_prefix, _namespace)  # the prefixes IHE's examples use
 
 
 @dataclass
@@ -96,7 +98,9 @@ class Rad69:
             raise PacsError(f"{where}: {len(missing)} of {len(uids)} instances not returned ({reasons})")
 
 
-async def _stream_mtom(chunks, content_type: str, sink: InstanceSink, received: set[str], where: str) -> Envelope:  # type: ignore[no-untyped-def]
+async def _stream_mtom(
+    chunks: AsyncIterator[bytes], content_type: str, sink: InstanceSink, received: set[str], where: str
+) -> Envelope:
     """Read an MTOM answer: the envelope first, then each attachment into the sink by Content-ID."""
     envelope: Envelope | None = None
     reader = MultipartReader(chunks, boundary_of(content_type))
@@ -119,7 +123,7 @@ async def _stream_mtom(chunks, content_type: str, sink: InstanceSink, received: 
     return envelope
 
 
-async def _read_bounded(content, where: str) -> bytes:  # type: ignore[no-untyped-def]
+async def _read_bounded(content: AsyncIterator[bytes], where: str) -> bytes:
     data = bytearray()
     async for chunk in content:
         data += chunk
@@ -130,10 +134,6 @@ async def _read_bounded(content, where: str) -> bytes:  # type: ignore[no-untype
 
 def request_envelope(url: str, repository_id: str, study_uid: str, series_uid: str, uids: list[str]) -> bytes:
     """The SOAP 1.2 RetrieveImagingDocumentSetRequest for some instances of one series."""
-    ElementTree.register_namespace("s", SOAP)
-    ElementTree.register_namespace("a", ADDRESSING)
-    ElementTree.register_namespace("iherad", IHE_RAD)
-    ElementTree.register_namespace("ihe", XDS)
     must = {f"{{{SOAP}}}mustUnderstand": "1"}
     envelope = Element(f"{{{SOAP}}}Envelope")
     header = ElementTree.SubElement(envelope, f"{{{SOAP}}}Header")

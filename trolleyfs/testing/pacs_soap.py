@@ -40,19 +40,22 @@ XML_EXTERNAL = (
 )
 """An external entity: a parser that resolves it reads a local file into the answer."""
 
+for _prefix, _namespace in (("env", SOAP), ("rs", REGREP), ("xop", XOP)):
+    ElementTree.register_namespace(_prefix, _namespace)
+
 def mint_search_results(studies: list[tuple[dict[str, str], list[tuple[dict[str, str], list[dict[str, str]]]]]]) -> bytes:
     """``[(study attributes, [(series attributes, [instance attributes, ...]), ...]), ...]`` as
-    MINT XML; attributes are keyword -> text (multiple values backslash-separated)."""
-    ElementTree.register_namespace("", MINT)
-    root = Element(f"{{{MINT}}}studySearchResults")
+    MINT XML, in the default namespace as MINT servers write it; attributes are keyword -> text
+    (multiple values backslash-separated)."""
+    root = Element("studySearchResults", xmlns=MINT)  # plain names under a default xmlns
     for study_attributes, series_list in studies:
-        study = SubElement(root, f"{{{MINT}}}study", studyUUID=str(uuid.uuid4()), lastModified="2024-01-15T00:00:00Z")
+        study = SubElement(root, "study", studyUUID=str(uuid.uuid4()), lastModified="2024-01-15T00:00:00Z")
         _attrs(study, study_attributes)
         for series_attributes, instances in series_list:
-            series = SubElement(study, f"{{{MINT}}}series")
+            series = SubElement(study, "series")
             _attrs(series, series_attributes)
             for instance_attributes in instances:
-                _attrs(SubElement(series, f"{{{MINT}}}instance"), instance_attributes)
+                _attrs(SubElement(series, "instance"), instance_attributes)
     return ElementTree.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
@@ -61,7 +64,7 @@ def _attrs(element: Element, attributes: dict[str, str]) -> None:
         tag = tag_for_keyword(keyword)
         if tag is None:
             continue
-        attr = SubElement(element, f"{{{MINT}}}attr", tag=f"{tag:08x}", vr=dictionary_VR(tag))
+        attr = SubElement(element, "attr", tag=f"{tag:08x}", vr=dictionary_VR(tag))
         if value:
             attr.set("val", value)
 
@@ -91,8 +94,6 @@ def parse_rad69_request(body: bytes) -> Rad69Request:
 
 def rad69_envelope(repository_id: str, found: dict[str, str], missing: list[str]) -> bytes:
     """The RetrieveDocumentSetResponse envelope: ``found`` maps SOPInstanceUID -> Content-ID."""
-    for prefix, namespace in (("env", SOAP), ("a", ADDRESSING), ("xds", XDS), ("rs", REGREP), ("xop", XOP)):
-        ElementTree.register_namespace(prefix, namespace)
     envelope = Element(f"{{{SOAP}}}Envelope")
     header = SubElement(envelope, f"{{{SOAP}}}Header")
     SubElement(header, f"{{{ADDRESSING}}}Action").text = "urn:ihe:iti:2007:RetrieveDocumentSetResponse"
