@@ -195,3 +195,11 @@ async def test_a_rad69_503_is_retried_into_the_right_bytes(pacs, tmp_path):
         pacs.faults.add("rad69", "status", status=503, count=1)
         assert await read_all(fs, node.inode) == pacs.instances[node.key.instance_uid].data
     assert pacs.count("rad69") == 2
+
+
+async def test_asking_another_repository_is_a_clear_error(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path, readahead_max=0, rad69_repository_id="1.2.3.999",
+                               **rad69_options(pacs)) as fs:
+        node = next(iter((await all_files(fs)).values()))
+        with pytest.raises(PacsError, match="XDSUnknownRepositoryId"):
+            await read_all(fs, node.inode)

@@ -421,13 +421,18 @@ class _Handler(BaseHTTPRequestHandler):
             request = parse_rad69_request(body)
         except Exception as exc:  # noqa: BLE001 - any unreadable request is the client's fault
             return self._error(400, f"not a RetrieveImagingDocumentSetRequest: {exc}")
-        found, missing = [], []
+        found: list[str] = []
+        missing: dict[str, str] = {}
         for uid in request.document_uids:
             instance = self.pacs.instances.get(uid)
-            held = instance is not None and instance.value("SeriesInstanceUID") == request.series_uid
-            (found if held and request.repository_ids == {self.pacs.repository_id} else missing).append(uid)
+            if request.repository_ids != {self.pacs.repository_id}:
+                missing[uid] = "XDSUnknownRepositoryId"
+            elif instance is None or instance.value("SeriesInstanceUID") != request.series_uid:
+                missing[uid] = "XDSMissingDocument"
+            else:
+                found.append(uid)
         if corruption == "missing" and found:
-            missing.append(found.pop(0))
+            missing[found.pop(0)] = "XDSMissingDocument"
         content_ids = {uid: f"{uuid.uuid4().hex}@trolleyfs.test" for uid in found}
         envelope = rad69_envelope(self.pacs.repository_id, content_ids, missing)
         if corruption == "garbage":

@@ -28,6 +28,10 @@ _SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
 _PARTIAL = "urn:ihe:iti:2007:ResponseStatusType:PartialSuccess"
 _FAILURE = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Failure"
 _ERROR = "urn:oasis:names:tc:ebxml-regrep:ErrorSeverityType:Error"
+_ERROR_TEXTS = {
+    "XDSMissingDocument": "No such SOP instance in this repository",
+    "XDSUnknownRepositoryId": "This is not the repository asked for",
+}
 XML_BOMB = (
     b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
     + b"".join(b'<!ENTITY lol%d "%s">' % (n, b"&lol%d;" % (n - 1) * 10 if n > 1 else b"&lol;" * 10) for n in range(1, 10))
@@ -92,8 +96,9 @@ def parse_rad69_request(body: bytes) -> Rad69Request:
     )
 
 
-def rad69_envelope(repository_id: str, found: dict[str, str], missing: list[str]) -> bytes:
-    """The RetrieveDocumentSetResponse envelope: ``found`` maps SOPInstanceUID -> Content-ID."""
+def rad69_envelope(repository_id: str, found: dict[str, str], missing: dict[str, str]) -> bytes:
+    """The RetrieveDocumentSetResponse envelope: ``found`` maps SOPInstanceUID -> Content-ID,
+    ``missing`` SOPInstanceUID -> XDS error code."""
     envelope = Element(f"{{{SOAP}}}Envelope")
     header = SubElement(envelope, f"{{{SOAP}}}Header")
     SubElement(header, f"{{{ADDRESSING}}}Action").text = "urn:ihe:iti:2007:RetrieveDocumentSetResponse"
@@ -102,9 +107,9 @@ def rad69_envelope(repository_id: str, found: dict[str, str], missing: list[str]
     registry = SubElement(response, f"{{{REGREP}}}RegistryResponse", status=status)
     if missing:
         errors = SubElement(registry, f"{{{REGREP}}}RegistryErrorList")
-        for uid in missing:
-            SubElement(errors, f"{{{REGREP}}}RegistryError", errorCode="XDSMissingDocument",
-                       codeContext="No such SOP instance in this repository", location=uid, severity=_ERROR)
+        for uid, code in missing.items():
+            SubElement(errors, f"{{{REGREP}}}RegistryError", errorCode=code,
+                       codeContext=_ERROR_TEXTS.get(code, code), location=uid, severity=_ERROR)
     for uid, content_id in found.items():
         document = SubElement(response, f"{{{XDS}}}DocumentResponse")
         SubElement(document, f"{{{XDS}}}RepositoryUniqueId").text = repository_id
