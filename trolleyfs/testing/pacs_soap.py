@@ -7,7 +7,8 @@
   envelope as root part and one ``application/dicom`` part per document, referenced by
   ``xop:Include href="cid:..."``; attachments go out in the reverse of the requested order, so
   that a client matching by position fails. Documents it does not hold are reported as
-  ``XDSMissingDocument`` in a ``RegistryErrorList`` (status PartialSuccess, or Failure with no
+  ``XDSMissingDocument`` (``XDSUnknownRepositoryId`` when another repository id is asked for) in
+  a ``RegistryErrorList`` (status PartialSuccess, or Failure with no
   attachments at all, then as plain ``application/soap+xml``).
 """
 
