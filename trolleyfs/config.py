@@ -125,6 +125,10 @@ class Config(BaseModel):
     """Seconds the PACS may take to accept a connection or between two pieces of an answer; past it
     the attempt fails (and, after the retries, the file operation gets EIO). A search gives up
     after (retries + 1) × 2 × timeout + 5 seconds in all."""
+    min_transfer_rate: Size = 1024
+    """Bytes per second an HTTP answer must at least arrive at, measured over `timeout` seconds:
+    a PACS trickling slower is abandoned (EIO), so that no read can be held forever; 0 turns
+    the check off. (DIMSE transfers are bounded by `dimse_timeout` and `network_timeout`.)"""
     retries: int = Field(default=2, ge=0)
     """Extra attempts after a connect error, a 429 or a 5xx answer, with exponential backoff."""
     max_connections: int = Field(default=8, ge=1)

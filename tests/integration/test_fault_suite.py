@@ -26,6 +26,7 @@ BOUND = 8.0  # seconds: timeout × (retries + 1) plus backoff and slack
 FAILS = [
     ("wado-rs", "status", {"status": 500}),
     ("wado-rs", "hang", {}),
+    ("wado-rs", "trickle", {}),
     ("wado-rs", "truncate", {}),
     ("wado-rs", "kill", {}),
     ("wado-rs", "garbage", {}),

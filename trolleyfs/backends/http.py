@@ -1,6 +1,8 @@
 """The shared HTTP client of the DICOMweb backends: one pooled httpx.AsyncClient per server.
 
-It owns the policy every backend shares: connect/read timeouts, a bounded connection pool,
+It owns the policy every backend shares: connect/read timeouts, a minimum transfer rate (a body
+trickling in below ``min_transfer_rate`` over a ``timeout`` window is abandoned, so no read can
+be held forever by a PACS that sends a byte just often enough), a bounded connection pool,
 retries with exponential backoff on connect errors, 429 and 5xx, and the translation of every
 httpx error into the trolleyfs exception tree, so no failure is silent.
 
@@ -58,17 +60,18 @@ class HttpSession:
         token: str = "",
         verify: ssl.SSLContext | bool = True,
         backoff: float = 0.2,
+        min_transfer_rate: int = 0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.retries = retries
         self.backoff = backoff
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        inner = transport or httpx.AsyncHTTPTransport(verify=verify, limits=limits)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             auth=httpx.BasicAuth(username, password) if username else None,
             headers={"Authorization": f"Bearer {token}"} if token else None,
-            verify=verify,
-            transport=transport,
+            transport=_MinimumRate(inner, min_transfer_rate, timeout) if min_transfer_rate else inner,
             follow_redirects=True,
         )
 
@@ -141,6 +144,47 @@ class HttpSession:
         if retry_after and retry_after.isdigit():
             delay = max(delay, float(retry_after))
         return min(delay, _MAX_BACKOFF)
+
+
+class _MinimumRate(httpx.AsyncBaseTransport):
+    """Wraps a transport so that a response body arriving slower than ``bytes_per_second``,
+    measured over windows of ``window`` seconds, ends in a ReadTimeout."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, bytes_per_second: int, window: float) -> None:
+        self._inner = inner
+        self._minimum = bytes_per_second * window
+        self._window = window
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _RateGuardedStream(response.stream, self._minimum, self._window)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class _RateGuardedStream(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, minimum: float, window: float) -> None:
+        self._inner = inner
+        self._minimum = minimum
+        self._window = window
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        window_start, received = trio.current_time(), 0
+        async for chunk in self._inner:
+            received += len(chunk)
+            now = trio.current_time()
+            if now - window_start >= self._window:
+                if received < self._minimum:
+                    rate = received / (now - window_start)
+                    raise httpx.ReadTimeout(f"the answer trickles in at {rate:.0f} bytes/s, below min_transfer_rate")
+                window_start, received = now, 0
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def _retryable_transport_error(exc: httpx.TransportError) -> bool:

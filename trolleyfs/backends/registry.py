@@ -55,6 +55,7 @@ class Backends:
                 password=config.password,
                 token=config.token,
                 verify=tls_verification(config),
+                min_transfer_rate=config.min_transfer_rate,
             )
             self._stack.push_async_callback(session.aclose)
             self._sessions[server] = session

@@ -82,7 +82,8 @@ class Fault:
     """Request kind it applies to: qido, wado-rs, wado-uri, mint, rad69, or * for all."""
     action: str
     """status | hang | garbage | empty | truncate | stall | wrong-instance | not-dicom | kill |
-    xml-bomb | xml-external (MINT, RAD-69) | missing (RAD-69: one document reported missing)"""
+    xml-bomb | xml-external (MINT, RAD-69) | missing (RAD-69: one document reported missing) |
+    trickle (multipart: midway, one byte every 50 ms until released)"""
     status: int = 503
     retry_after: int | None = None
     """With action status: the Retry-After header to send."""
@@ -344,7 +345,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream_multipart(self, content_type: str, parts: list[tuple[str, bytes]], corruption: str) -> None:
         """Send ``(part headers, part bytes)`` as one multipart body, streamed like Orthanc (no
-        Content-Length, ``Connection: close``); "truncate", "kill" and "stall" break it midway."""
+        Content-Length, ``Connection: close``); "truncate", "kill", "stall" and "trickle" break it
+        midway."""
         boundary = uuid.uuid4().hex
         self.send_response(200)
         self.send_header("Content-Type", f"{content_type}; boundary={boundary}")
@@ -354,6 +356,12 @@ class _Handler(BaseHTTPRequestHandler):
         breaking_point = len(parts) // 2
         for index, (headers, data) in enumerate(parts):
             self.wfile.write(f"--{boundary}\r\n{headers}\r\nContent-Length: {len(data)}\r\n\r\n".encode())
+            if corruption == "trickle" and index == breaking_point:
+                for byte in data:  # just often enough never to trip a per-read timeout
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    if self.pacs.faults.released.wait(0.05):
+                        return
             if corruption in ("truncate", "kill", "stall") and index == breaking_point:
                 self.wfile.write(data[: len(data) // 2])
                 if corruption == "stall":  # half a part, then silence until released
