@@ -80,8 +80,10 @@ def dicomtrolley(downloader: str, url: str, series_json: Path, target: Path, raw
 
 
 @contextmanager
-def rclone_mount(webdav_url: str, mountpoint: Path, cache_dir: Path, log: Path) -> Iterator[Path]:
-    """``rclone mount`` of Orthanc's WebDAV ``by-uids`` tree with ``--vfs-cache-mode full``."""
+def rclone_mount(webdav_url: str, work: Path) -> Iterator[Path]:
+    """``rclone mount`` of Orthanc's WebDAV ``by-uids`` tree with ``--vfs-cache-mode full`` on
+    ``work/rclone``, its cache and log beside it."""
+    mountpoint, cache_dir, log = work / "rclone", work / "rclone-cache", work / "rclone.log"
     mountpoint.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen([
         "rclone", "mount", ":webdav:by-uids", str(mountpoint), "--webdav-url", webdav_url,

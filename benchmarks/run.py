@@ -105,8 +105,7 @@ def series_round(env: Orthancs, table: Table, round_number: int) -> None:
         target = work / f"dicomtrolley-{downloader}-{raw_slash}"
         table.attempt(f"dicomtrolley {name}",
                       lambda: routes.dicomtrolley(downloader, url, env.series["json"], target, raw_slash))
-    with routes.rclone_mount(f"{orthanc.base_url}/webdav", work / "rclone", work / "rclone-cache",
-                             work / "rclone.log") as mounted:
+    with routes.rclone_mount(f"{orthanc.base_url}/webdav", work) as mounted:
         series_dir = mounted / env.series["study"] / env.series["series"]
         files: list[Path] = []
         table.record("rclone: find", routes.timed(lambda: files.extend(routes.dicom_files(series_dir))))
@@ -164,8 +163,7 @@ def study_round(env: Orthancs, table: Table, round_number: int) -> None:
         table.facts["trolleyfs cold cat: download requests"] = mounted.stats()["download_requests"]
     finally:
         mounts.unmount_all()
-    with routes.rclone_mount(f"{orthanc.base_url}/webdav", work / "rclone", work / "rclone-cache",
-                             work / "rclone.log") as rclone:
+    with routes.rclone_mount(f"{orthanc.base_url}/webdav", work) as rclone:
         study_dir = rclone / env.study["study"]
         table.record("rclone: ls -lR", routes.timed(lambda: routes.list_recursively(study_dir)))
         files = routes.dicom_files(study_dir)

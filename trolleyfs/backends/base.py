@@ -39,6 +39,12 @@ async def store(sink: InstanceSink, expected_uid: str | None, chunks: AsyncItera
             await writer.write(chunk)
 
 
+async def store_bytes(sink: InstanceSink, expected_uid: str | None, data: bytes) -> None:
+    """Put one instance already whole in memory into ``sink``."""
+    async with sink.receive(expected_uid) as writer:
+        await writer.write(data)
+
+
 class Downloader(Protocol):
     async def fetch(self, reference: Reference, sink: InstanceSink) -> None:
         """Put every instance ``reference`` names into ``sink``. Raises NeedsInstances when this

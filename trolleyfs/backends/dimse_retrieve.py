@@ -45,7 +45,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from trolleyfs.backends.base import InstanceSink
+from trolleyfs.backends.base import InstanceSink, store_bytes
 from trolleyfs.backends.dimse import DimsePeer, failure, status_category
 from trolleyfs.errors import PacsError, TrolleyError
 from trolleyfs.model import InstanceReference, Reference, SeriesReference
@@ -118,11 +118,6 @@ def storage_contexts(sop_classes: tuple[str, ...]) -> list[PresentationContext]:
     return contexts[:_MAX_CONTEXTS]
 
 
-async def _deliver(sink: InstanceSink, data: bytes, expected_uid: str | None) -> None:
-    async with sink.receive(expected_uid) as writer:
-        await writer.write(data)
-
-
 @dataclass
 class _Receiver:
     """Hands instances arriving on pynetdicom threads to an async sink, remembering what failed."""
@@ -136,7 +131,7 @@ class _Receiver:
     def store(self, event: Event) -> int:
         try:
             data = event.encoded_dataset(include_meta=True)
-            trio.from_thread.run(_deliver, self.sink, data, self.expected_uid, trio_token=self.token)
+            trio.from_thread.run(store_bytes, self.sink, self.expected_uid, data, trio_token=self.token)
         except BaseException as exc:  # the peer gets a failure status; the error is raised later
             log.warning("storing a received instance failed: %s", exc)
             self.error = self.error or exc

@@ -23,10 +23,10 @@ from xml.etree.ElementTree import Element
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 
 from trolleyfs.backends.http import HttpSession, build_url, loggable
-from trolleyfs.backends.qido_rs import DEFAULT_FIELDS
+from trolleyfs.backends.qido_rs import return_fields
 from trolleyfs.backends.safe_xml import parse_xml
 from trolleyfs.errors import PacsProtocolError
-from trolleyfs.model import Instance, Query, QueryLevel, Series, Study
+from trolleyfs.model import Instance, Query, Series, Study
 
 NAMESPACE = "http://medical.nema.org/mint"
 _STUDY, _SERIES, _INSTANCE, _ATTR = (f"{{{NAMESPACE}}}{name}" for name in ("study", "series", "instance", "attr"))
@@ -51,9 +51,7 @@ def query_parameters(query: Query) -> list[tuple[str, str]]:
         params.append(("min_study_date", query.min_study_date.strftime("%Y%m%d")))
     if query.max_study_date:
         params.append(("max_study_date", query.max_study_date.strftime("%Y%m%d")))
-    levels = list(QueryLevel)[: list(QueryLevel).index(query.query_level) + 1]
-    fields = dict.fromkeys([name for level in levels for name in DEFAULT_FIELDS[level]] + list(query.include_fields))
-    params += [("QueryLevel", query.query_level.value), ("IncludeFields", ",".join(fields))]
+    params += [("QueryLevel", query.query_level.value), ("IncludeFields", ",".join(return_fields(query)))]
     if query.limit:
         params.append(("limit", str(query.limit)))
     return params

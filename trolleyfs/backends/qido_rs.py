@@ -38,7 +38,7 @@ class QidoRS:
     async def find_studies(self, query: Query) -> list[Study]:
         path, path_keys = _resource(query)
         params = [(key, _raw_safe(value)) for key, value in query.matching_keys().items() if key not in path_keys]
-        params += [("includefield", f"{tag_for_keyword(name):08X}") for name in _fields(query)]
+        params += [("includefield", f"{tag_for_keyword(name):08X}") for name in return_fields(query)]
         records: list[dict] = []
         offset = 0
         while True:
@@ -89,7 +89,9 @@ def _raw_safe(value: str) -> str:
     return _NOT_RAW.sub("?", value)
 
 
-def _fields(query: Query) -> list[str]:
+def return_fields(query: Query) -> list[str]:
+    """The attributes a search asks back: the usual ones of each level down to its own, then
+    ``include_fields``."""
     levels = list(QueryLevel)[: list(QueryLevel).index(query.query_level) + 1]
     wanted = [name for level in levels for name in DEFAULT_FIELDS[level]] + list(query.include_fields)
     return list(dict.fromkeys(wanted))

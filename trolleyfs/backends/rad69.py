@@ -22,7 +22,7 @@ from urllib.parse import unquote
 from xml.etree import ElementTree
 from xml.etree.ElementTree import Element
 
-from trolleyfs.backends.base import InstanceSink, store
+from trolleyfs.backends.base import InstanceSink, store, store_bytes
 from trolleyfs.backends.dimse_retrieve import COMMON
 from trolleyfs.backends.http import HttpSession, loggable
 from trolleyfs.backends.multipart import MultipartReader, boundary_of
@@ -89,8 +89,7 @@ class Rad69:
             else:
                 envelope = parse_envelope(await response.aread(), where)
         for uid, data in envelope.inline.items():
-            async with sink.receive(uid) as writer:
-                await writer.write(data)
+            await store_bytes(sink, uid, data)
             received.add(uid)
         missing = [uid for uid in uids if uid not in received]
         if missing:

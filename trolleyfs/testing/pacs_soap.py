@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from xml.etree import ElementTree
 from xml.etree.ElementTree import Element, SubElement
 
-import defusedxml.ElementTree as SafeElementTree
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from trolleyfs.backends.mint import NAMESPACE as MINT
 from trolleyfs.backends.rad69 import ADDRESSING, IHE_RAD, REGREP, SOAP, XDS, XOP
+from trolleyfs.backends.safe_xml import parse_xml
 
 _SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
 _PARTIAL = "urn:ihe:iti:2007:ResponseStatusType:PartialSuccess"
@@ -83,7 +83,7 @@ class Rad69Request:
 
 
 def parse_rad69_request(body: bytes) -> Rad69Request:
-    root = SafeElementTree.fromstring(body)
+    root = parse_xml(body, "RAD-69 request")
     study = root.find(f".//{{{IHE_RAD}}}StudyRequest")
     series = root.find(f".//{{{IHE_RAD}}}SeriesRequest")
     if study is None or series is None:
