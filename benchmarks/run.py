@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import routes  # noqa: E402
 from tests.mounting import MountFactory  # noqa: E402
-from trolleyfs.fs.tree import patient_dir_name  # noqa: E402
+from trolleyfs.fs.names import patient_dir_name  # noqa: E402
 from trolleyfs.testing.data import SampleSpec, generate  # noqa: E402
 from trolleyfs.testing.orthanc import Orthanc, free_port  # noqa: E402
 

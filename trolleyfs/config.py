@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trolleyfs.errors import ConfigError
+from trolleyfs.fs.names import DEFAULT_INSTANCE_NAME, DEFAULT_SERIES_NAME, DEFAULT_STUDY_NAME, NameTemplate
 
 ENV_PREFIX = "TROLLEYFS_"
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -145,6 +146,19 @@ class Config(BaseModel):
     root_listing_limit: int = Field(default=1000, ge=0)
     """Studies asked for to list `/patients` (their patients are listed); 0 lists no one. A patient
     directory can always be opened by its PatientID, listed or not."""
+    query_limit: int = Field(default=1000, ge=1)
+    """Studies a `/query/<query>` folder lists when its name has no `limit=N`."""
+    dates_from: int = Field(default=1990, ge=1, le=9999)
+    """First year `/dates` lists (up to this year); other years can still be opened by name."""
+    study_name: str = DEFAULT_STUDY_NAME
+    """Naming template of study folders: `{Keyword}` fields of the study's attributes, with the
+    format spec of Python's `str.format` for numbers (e.g. `{StudyDate}_{AccessionNumber}`).
+    Values are reduced to safe characters, missing ones left out, clashes get `~2`."""
+    series_name: str = DEFAULT_SERIES_NAME
+    """Naming template of series folders, e.g. `{SeriesNumber:03}_{SeriesDescription}`."""
+    instance_name: str = DEFAULT_INSTANCE_NAME
+    """Naming template of instance files (`.dcm` is added); `<SOPInstanceUID>.dcm` also opens an
+    instance in its series folder, whatever the template."""
     readahead_max: Size = 512 * 1024**2
     """Opening a file that is not cached yet also starts a background download of the rest of its
     series, when the series is estimated at no more than this many bytes; 0 turns read-ahead off."""
@@ -177,6 +191,12 @@ class Config(BaseModel):
         Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(lambda value: str(value).upper())
     ] = "INFO"
     """Daemon log verbosity."""
+
+    @field_validator("study_name", "series_name", "instance_name")
+    @classmethod
+    def _template(cls, template: str) -> str:
+        NameTemplate(template)
+        return template
 
     @model_validator(mode="after")
     def _urls(self) -> Config:

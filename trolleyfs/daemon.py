@@ -20,26 +20,18 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from trolleyfs.backends.registry import Backends
-from trolleyfs.cache import InstanceCache
 from trolleyfs.commands import cache_lock
 from trolleyfs.config import Config
 from trolleyfs.backends.base import Searcher
 from trolleyfs.errors import ConfigError, PacsRefused, TrolleyError, first_error
 from trolleyfs.model import Query
-from trolleyfs.fs.core import FileSystem
 from trolleyfs.fs.fuse import FuseOperations
-from trolleyfs.trolley import Trolley
+from trolleyfs.mount import open_filesystem, search_deadline
 
 log = logging.getLogger(__name__)
 
 READY_FD_ENV = "TROLLEYFS_READY_FD"
 READY = b"ready\n"
-
-
-def search_deadline(config: Config) -> float:
-    """Bound on one search, retries and backoff included."""
-    return config.timeout * (config.retries + 1) * 2 + 5.0
 
 
 def fuse_options(config: Config) -> set[str]:
@@ -56,25 +48,8 @@ async def serve(config: Config, mountpoint: Path, on_ready: Callable[[], None] =
         raise ConfigError(f"mount point {mountpoint} is not a directory")
     async with AsyncExitStack() as stack:
         stack.enter_context(cache_lock(config.resolved_cache_dir))
-        backends = Backends(config, stack)
-        cache = await InstanceCache.open(config.resolved_cache_dir, config.cache_size, config.min_free_space)
-        trolley = Trolley(
-            backends.searcher,
-            backends.downloader,
-            cache,
-            listing_ttl=config.listing_ttl,
-            search_deadline=search_deadline(config),
-        )
-        await stack.enter_async_context(trolley.background_work())
-        await _probe(backends.searcher, config)
-        filesystem = FileSystem(
-            trolley,
-            root_listing_limit=config.root_listing_limit,
-            listing_ttl=config.listing_ttl,
-            readahead_max=config.readahead_max,
-            listing_readahead=config.listing_readahead,
-            backend_names=(config.resolved_searcher, config.resolved_downloader),
-        )
+        filesystem = await stack.enter_async_context(open_filesystem(config))
+        await _probe(filesystem.trolley.searcher, config)
         operations = FuseOperations(filesystem, uid=config.uid, gid=config.gid, umask=config.umask)
         pyfuse3.init(operations, str(mountpoint), fuse_options(config))
         try:

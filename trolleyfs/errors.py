@@ -4,10 +4,12 @@
     ├── InvalidQuery               EINVAL  a Query the model or a backend cannot express
     ├── ConfigError                EINVAL  a bad option, config file or environment value
     ├── NotFound                   ENOENT  the PACS has no such patient, study, series or instance
+    ├── NoAttribute                ENODATA no extended attribute of that name
     ├── ReadOnly                   EROFS   any attempt to change the filesystem
     ├── NeedsInstances             EIO     a downloader needs instance UIDs the reference lacks
     ├── PacsError                  EIO     the PACS failed: unreachable, timed out, garbage
     │   ├── PacsProtocolError      EIO     the PACS answered something that breaks the protocol
+    │   │   └── PacsBadRequest     EIO     the PACS refused the request itself (HTTP 400)
     │   └── PacsRefused            EACCES  the PACS refused us: credentials, AE title
     └── CacheError                 EIO     the disk cache cannot hold or publish a file
         └── CacheFull              ENOSPC  nothing evictable is left and the entry does not fit
@@ -43,6 +45,10 @@ class NotFound(TrolleyError):
     errno = errno.ENOENT
 
 
+class NoAttribute(TrolleyError):
+    errno = errno.ENODATA
+
+
 class ReadOnly(TrolleyError):
     errno = errno.EROFS
 
@@ -57,6 +63,10 @@ class PacsError(TrolleyError):
 
 class PacsProtocolError(PacsError):
     """The PACS answered, but with something that does not follow the protocol."""
+
+
+class PacsBadRequest(PacsProtocolError):
+    """The PACS refused what we asked as malformed (HTTP 400): a searcher may ask again with less."""
 
 
 class PacsRefused(PacsError):

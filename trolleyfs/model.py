@@ -33,10 +33,15 @@ class Query(BaseModel):
 
     PatientName: str = ""
     PatientID: str = ""
+    PatientBirthDate: str = ""
+    """A date or a range in DICOM syntax: ``YYYYMMDD``, ``A-B``, ``-B`` or ``A-``."""
     AccessionNumber: str = ""
     StudyInstanceUID: str = ""
     SeriesInstanceUID: str = ""
     ModalitiesInStudy: str = ""
+    StudyDescription: str = ""
+    ReferringPhysicianName: str = ""
+    StudyID: str = ""
     min_study_date: datetime.date | None = None
     max_study_date: datetime.date | None = None
     include_fields: tuple[str, ...] = ()
@@ -64,9 +69,12 @@ class Query(BaseModel):
         return self
 
     def study_date_range(self) -> str:
-        """The StudyDate matching value in DICOM range syntax, or '' when unbounded."""
+        """The StudyDate matching value in DICOM syntax (a single date when both ends are the
+        same day, else a range), or '' when unbounded."""
         if not (self.min_study_date or self.max_study_date):
             return ""
+        if self.min_study_date == self.max_study_date:
+            return self.min_study_date.strftime("%Y%m%d")
         low = self.min_study_date.strftime("%Y%m%d") if self.min_study_date else ""
         high = self.max_study_date.strftime("%Y%m%d") if self.max_study_date else ""
         return f"{low}-{high}"
@@ -75,19 +83,32 @@ class Query(BaseModel):
         """The DICOM attribute matches this query sends, by keyword (empty ones left out)."""
         keys = {
             name: getattr(self, name)
-            for name in (
-                "PatientName",
-                "PatientID",
-                "AccessionNumber",
-                "StudyInstanceUID",
-                "SeriesInstanceUID",
-                "ModalitiesInStudy",
-            )
+            for name in MATCHING_KEYWORDS
             if getattr(self, name)
         }
         if date_range := self.study_date_range():
             keys["StudyDate"] = date_range
         return keys
+
+    def has_matching_key(self) -> bool:
+        """Whether the query narrows the archive at all (one without is a search of everything)."""
+        return bool(self.matching_keys())
+
+
+MATCHING_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "ModalitiesInStudy",
+    "StudyDescription",
+    "ReferringPhysicianName",
+    "StudyID",
+)
+"""The Query fields sent as DICOM attribute matches, by their keyword (StudyDate is built from
+``min_study_date``/``max_study_date``)."""
 
 
 class StudyReference(BaseModel):
@@ -174,22 +195,55 @@ STUDY_KEYWORDS = frozenset(
         "StudyTime",
         "StudyDescription",
         "StudyID",
+        "StudyInstanceUID",
         "AccessionNumber",
+        "ReferringPhysicianName",
         "ModalitiesInStudy",
         "NumberOfStudyRelatedSeries",
         "NumberOfStudyRelatedInstances",
     }
 )
 SERIES_KEYWORDS = frozenset(
-    {"Modality", "SeriesNumber", "SeriesDescription", "SeriesDate", "NumberOfSeriesRelatedInstances"}
+    {"Modality", "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesInstanceUID", "NumberOfSeriesRelatedInstances"}
 )
 
 
-def build_studies(records: Iterable[Mapping[str, Any]], level: QueryLevel) -> list[Study]:
+class Studies(list):  # type: ignore[type-arg]
+    """A searcher's answer: a list of studies, which says whether it is the whole answer.
+
+    ``truncated`` names why it is not (a limit reached, a PACS that stopped paging early or sent
+    QIDO's ``Warning: 299``); empty means complete. The filesystem may refer to it weakly."""
+
+    __slots__ = ("truncated", "__weakref__")
+
+    def __init__(self, studies: Iterable[Study] = (), truncated: str = "") -> None:
+        super().__init__(studies)
+        self.truncated = truncated
+
+
+LISTING_FIELDS = {
+    QueryLevel.STUDY: (
+        "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyDescription",
+        "AccessionNumber", "StudyID", "ModalitiesInStudy",
+    ),
+    QueryLevel.SERIES: ("Modality", "SeriesNumber", "SeriesDescription"),
+    QueryLevel.INSTANCE: (
+        "SOPClassUID", "InstanceNumber", "Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames",
+    ),
+}
+"""The return fields every search of a level asks for (with those of the levels above), so that
+a directory listing can name and size its entries; searchers add a query's ``include_fields``."""
+UNIQUE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+"""Always in an answer, never asked for."""
+
+
+def build_studies(records: Iterable[Mapping[str, Any]], level: QueryLevel, truncated: str = "") -> Studies:
     """Assemble flat keyword records (one per study, series or instance) into a Study tree.
 
-    Records of one study or series are merged, in the order they first appear. Study-level
-    keywords go to the study, series-level ones to the series, everything else to the instance.
+    Records of one study or series are merged, in the order they first appear. In a record of
+    the query's own level every attribute belongs to that level's object (a STUDY record is all
+    study); deeper records give study-level keywords to the study, series-level ones to the
+    series and everything else to the instance.
     """
     studies: dict[str, Study] = {}
     series_by_uid: dict[tuple[str, str], Series] = {}
@@ -200,9 +254,10 @@ def build_studies(records: Iterable[Mapping[str, Any]], level: QueryLevel) -> li
         study = studies.get(study_uid)
         if study is None:
             study = studies[study_uid] = Study(uid=study_uid)
-        study.attributes.update({k: v for k, v in record.items() if k in STUDY_KEYWORDS})
         if level is QueryLevel.STUDY:
+            study.attributes.update(record)
             continue
+        study.attributes.update({k: v for k, v in record.items() if k in STUDY_KEYWORDS})
         series_uid = record.get("SeriesInstanceUID")
         if not series_uid:
             continue
@@ -210,10 +265,13 @@ def build_studies(records: Iterable[Mapping[str, Any]], level: QueryLevel) -> li
         if series is None:
             series = series_by_uid[(study_uid, series_uid)] = Series(uid=series_uid, parent=study)
             study.series.append(series)
+        if level is QueryLevel.SERIES:
+            series.attributes.update({k: v for k, v in record.items() if k not in STUDY_KEYWORDS})
+            continue
         series.attributes.update({k: v for k, v in record.items() if k in SERIES_KEYWORDS})
         if level is QueryLevel.INSTANCE and (sop_uid := record.get("SOPInstanceUID")):
             attributes = {
                 k: v for k, v in record.items() if k not in STUDY_KEYWORDS and k not in SERIES_KEYWORDS
             }
             series.instances.append(Instance(uid=sop_uid, parent=series, attributes=attributes))
-    return list(studies.values())
+    return Studies(studies.values(), truncated)

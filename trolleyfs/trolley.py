@@ -34,6 +34,7 @@ from trolleyfs.model import (
     QueryLevel,
     Reference,
     SeriesReference,
+    Studies,
     Study,
     StudyReference,
 )
@@ -44,13 +45,8 @@ log = logging.getLogger(__name__)
 _PREFETCH_WORKERS = 2
 STAT_NAMES = (
     "searches", "download_requests", "instances_downloaded", "bytes_downloaded", "cache_hits", "read_aheads",
+    "listings_truncated",
 )
-
-
-class Answer(list):  # type: ignore[type-arg]
-    """A searcher's answer (a list of studies) that the filesystem can refer to weakly."""
-
-    __slots__ = ("__weakref__",)
 
 
 @dataclass
@@ -75,10 +71,10 @@ class Trolley:
         self.cache = cache
         self.search_deadline = search_deadline
         self.stats: Counter[str] = Counter(dict.fromkeys(STAT_NAMES, 0))
-        self._answers: cachetools.TTLCache[Query, list[Study]] = cachetools.TTLCache(
+        self._answers: cachetools.TTLCache[Query, Studies] = cachetools.TTLCache(
             maxsize=4096, ttl=listing_ttl, timer=trio.current_time
         )
-        self._searches: SingleFlight[list[Study]] = SingleFlight()
+        self._searches: SingleFlight[Studies] = SingleFlight()
         self._downloads: SingleFlight[CachedFile] = SingleFlight()
         self._download_limiter = trio.CapacityLimiter(parallel_downloads)
         self._read_aheads: dict[str, _ReadAhead] = {}
@@ -98,19 +94,29 @@ class Trolley:
                 self._nursery = None
                 nursery.cancel_scope.cancel()
 
-    async def find_studies(self, query: Query) -> list[Study]:
+    async def find_studies(self, query: Query) -> Studies:
         """The searcher's answer to ``query``, from the listing cache while it is fresh."""
         if (answer := self._answers.get(query)) is not None:
             return answer
         return await self._searches.run(query, lambda: self._search(query))
 
-    async def _search(self, query: Query) -> list[Study]:
+    async def _search(self, query: Query) -> Studies:
+        """One search. A query with a limit asks for one more result than the limit, so that an
+        answer cut by it is known to be cut (and says so) rather than passed off as whole."""
         self.stats["searches"] += 1
+        asked = query.model_copy(update={"limit": query.limit + 1}) if query.limit else query
         try:
             with trio.fail_after(self.search_deadline):
-                answer = Answer(await self.searcher.find_studies(query))
+                found = await self.searcher.find_studies(asked)
         except trio.TooSlowError as exc:
-            raise PacsError(f"search took longer than {self.search_deadline:g}s: {query!r}") from exc
+            raise PacsError(f"search took longer than {self.search_deadline:g}s at {query.query_level.value} level") from exc
+        answer = found if isinstance(found, Studies) else Studies(found)
+        if query.limit and len(answer) > query.limit:
+            answer = Studies(answer[: query.limit], f"cut at its limit of {query.limit} studies")
+        if answer.truncated:
+            self.stats["listings_truncated"] += 1
+            keys = ", ".join(sorted(query.matching_keys())) or "no keys"
+            log.warning("a %s-level search (%s) is incomplete: %s", query.query_level.value, keys, answer.truncated)
         self._answers[query] = answer
         return answer
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import need_tool
 from tests.mounting import expect_eio_while_the_pacs_is_down
-from trolleyfs.fs.tree import patient_dir_name
+from trolleyfs.fs.names import patient_dir_name
 
 
 def uid_of(name: str) -> str:

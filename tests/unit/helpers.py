@@ -2,40 +2,30 @@
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from trolleyfs.backends.registry import Backends
-from trolleyfs.cache import InstanceCache
 from trolleyfs.config import load_config
-from trolleyfs.daemon import search_deadline
 from trolleyfs.fs.core import FileSystem
-from trolleyfs.fs.tree import ROOT_INODE, Node
+from trolleyfs.fs.nodes import ROOT_INODE, Node
+from trolleyfs.mount import open_filesystem
 from trolleyfs.testing.pacs import EmbeddedPacs
-from trolleyfs.trolley import Trolley
 
 
 @asynccontextmanager
 async def filesystem_over(pacs: EmbeddedPacs, cache_dir: Path, **options: object):
     config = load_config({"source": pacs.dicomweb_url, "cache_dir": str(cache_dir), **options}, environ={})
-    async with AsyncExitStack() as stack:
-        backends = Backends(config, stack)
-        cache = await InstanceCache.open(config.resolved_cache_dir, config.cache_size, config.min_free_space)
-        trolley = Trolley(
-            backends.searcher, backends.downloader, cache,
-            listing_ttl=config.listing_ttl, search_deadline=search_deadline(config),
-        )
-        await stack.enter_async_context(trolley.background_work())
-        yield FileSystem(
-            trolley, root_listing_limit=config.root_listing_limit, listing_ttl=config.listing_ttl,
-            readahead_max=config.readahead_max, listing_readahead=config.listing_readahead,
-        )
+    async with open_filesystem(config) as fs:
+        yield fs
 
 
 async def listdir(fs: FileSystem, inode: int) -> dict[str, Node]:
     handle = await fs.opendir(inode)
     try:
-        return {name: node for name, node, _ in fs.readdir(handle, 0)}
+        entries = fs.readdir(handle, 0)
+        for _, node, _ in entries:
+            fs.handed_to_kernel(node)  # as the adapter does for each entry it replies
+        return {name: node for name, node, _ in entries}
     finally:
         fs.releasedir(handle)
 
@@ -47,18 +37,18 @@ async def walk(fs: FileSystem, path: str) -> Node:
     return node
 
 
-async def all_files(fs: FileSystem) -> dict[str, Node]:
-    """Every instance file by path, found by listing (as ls -R would)."""
+async def all_files(fs: FileSystem, view: str = "/patients") -> dict[str, Node]:
+    """Every instance file of a view by path, found by listing (as ls -R would)."""
     files: dict[str, Node] = {}
 
     async def visit(node: Node, path: str) -> None:
         for name, child in (await listdir(fs, node.inode)).items():
-            if child.key.kind.is_dir:
+            if child.is_dir:
                 await visit(child, f"{path}/{name}")
             elif name.endswith(".dcm"):
                 files[f"{path}/{name}"] = child
 
-    await visit(await walk(fs, "/patients"), "/patients")
+    await visit(await walk(fs, view), view)
     return files
 
 

@@ -10,7 +10,7 @@ import trio
 
 from tests.unit.helpers import all_files, filesystem_over, listdir, read_all, walk
 from trolleyfs.errors import NotFound, PacsError, ReadOnly, TrolleyError
-from trolleyfs.fs.tree import patient_dir_name
+from trolleyfs.fs.names import patient_dir_name
 from trolleyfs.model import SeriesReference
 from trolleyfs.testing.data import SampleSpec, generate
 from trolleyfs.testing.pacs import EmbeddedPacs
@@ -78,7 +78,7 @@ async def test_listings_are_cached_for_the_ttl(pacs, tmp_path, mock_clock):
 
 @pytest.mark.parametrize("searcher", ["qido-rs", "mint"])
 async def test_patient_found_by_id_when_root_listing_is_off(tmp_path, searcher):
-    odd_ids = ("A/B 1", ".hidden", "..", "", "x*y?", "100%")
+    odd_ids = ("A/B 1", ".hidden", "..", "100%")
     spec = SampleSpec(patients=tuple((pid, "ODD^NAME") for pid in odd_ids), studies_per_patient=1,
                       series_per_study=1, instances_per_series=1)
     with EmbeddedPacs(generate(spec)) as pacs:
@@ -97,6 +97,36 @@ async def test_patient_found_by_id_when_root_listing_is_off(tmp_path, searcher):
                 await fs.lookup(patients.inode, "NOPE")
             with pytest.raises(NotFound):
                 await fs.lookup(patients.inode, "A%2FB%201")  # not the canonical spelling
+
+
+@pytest.mark.parametrize("searcher", ["qido-rs", "mint"])
+async def test_no_name_searches_without_a_key(tmp_path, searcher):
+    """An empty PatientID or one with wildcards would match the whole archive (or much of it):
+    no lookup searches for it; its folder is reachable only through the bounded /patients listing."""
+    odd_ids = ("", "x*y?")
+    spec = SampleSpec(patients=tuple((pid, "ODD^NAME") for pid in (*odd_ids, "PLAIN")), studies_per_patient=1,
+                      series_per_study=1, instances_per_series=1)
+    with EmbeddedPacs(generate(spec)) as pacs:
+        kind = "mint" if searcher == "mint" else "qido"
+        mint = {"searcher": "mint", "mint_url": f"{pacs.base_url}/mint"} if searcher == "mint" else {}
+        async with filesystem_over(pacs, tmp_path / "off", root_listing_limit=0, listing_ttl=0, **mint) as fs:
+            patients = await walk(fs, "/patients")
+            accession = await walk(fs, "/accession")
+            for name in ("%", "*", "%2A", "x%2Ay%3F", "?", "%5C"):
+                with pytest.raises(NotFound):
+                    await fs.lookup(patients.inode, name)
+                with pytest.raises(NotFound):
+                    await fs.lookup(accession.inode, name)
+            assert pacs.count(kind) == 0
+        async with filesystem_over(pacs, tmp_path / "on", **mint) as fs:
+            patients = await walk(fs, "/patients")
+            listed = await listdir(fs, patients.inode)
+            searches = pacs.count(kind)
+            for pid in odd_ids:
+                node = await fs.lookup(patients.inode, patient_dir_name(pid))
+                assert node.inode == listed[patient_dir_name(pid)].inode
+                (study,) = (await listdir(fs, node.inode)).values()
+            assert pacs.count(kind) == searches  # the patients' folders came from the listing
 
 
 async def test_wado_uri_download_asks_for_instance_uids_once_per_series(pacs, tmp_path):
@@ -207,11 +237,10 @@ async def test_nodes_the_kernel_forgets_leave_the_inode_table_and_come_back_when
         async def browse(node, path: str) -> dict[str, int]:
             """Lists like the kernel's readdirplus: every entry counts as handed out."""
             found = {}
-            for name, child in (await listdir(fs, node.inode)).items():
-                fs.handed_to_kernel(child)
+            for name, child in (await listdir(fs, node.inode)).items():  # listdir hands them out
                 handed[child.inode] += 1
                 found[f"{path}/{name}"] = child.inode
-                if child.key.kind.is_dir:
+                if child.is_dir:
                     found |= await browse(child, f"{path}/{name}")
             return found
 
@@ -223,7 +252,7 @@ async def test_nodes_the_kernel_forgets_leave_the_inode_table_and_come_back_when
         assert len(fs.inodes) > len(pacs.instances)  # still known to the kernel once: kept
         for inode in files.values():
             fs.forget(inode, 1)
-        assert len(fs.inodes) == len(before) - len(files) + 3  # the directories, /, /patients, /.trolleyfs
+        assert len(fs.inodes) == len(before) - len(files) + 2  # the directories and sidecars, /, /patients
         path, inode = next(iter(files.items()))
         node = await walk(fs, path)
         fs.handed_to_kernel(node)
@@ -233,5 +262,5 @@ async def test_nodes_the_kernel_forgets_leave_the_inode_table_and_come_back_when
         for inode, count in handed.items():
             if inode not in files.values():
                 fs.forget(inode, count)
-        assert len(fs.inodes) == 3  # /, /patients, /.trolleyfs
+        assert len(fs.inodes) == 2  # /, /patients
         assert set(await browse(await walk(fs, "/patients"), "/patients")) == set(before)

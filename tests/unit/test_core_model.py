@@ -1,6 +1,6 @@
 """A hypothesis state machine: random PACS changes, listings, lookups and reads against the
 filesystem core, compared with a reference model (a set of instances). Listing TTL 0, so the
-core must show exactly what the PACS holds at every step."""
+core must show exactly what the PACS holds at every step, through every view."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from tests.unit.test_hostile_input import StaticSearcher, walk_all
+from tests.unit.test_hostile_input import StaticSearcher, walk_all, walk_below
 from trolleyfs.cache import InstanceCache
 from trolleyfs.errors import NotFound
 from trolleyfs.fs.core import FileSystem
-from trolleyfs.fs.tree import ROOT_INODE, patient_dir_name
+from trolleyfs.fs.settings import FsSettings
+from trolleyfs.fs.names import patient_dir_name
+from trolleyfs.fs.nodes import ROOT_INODE
 from trolleyfs.model import InstanceReference
 from trolleyfs.trolley import Trolley
 
@@ -63,7 +65,7 @@ class CoreAgainstModel(RuleBasedStateMachine):
         # One clock for every step's trio.run, so that cached answers age consistently between steps.
         self.clock = trio.testing.MockClock()
         cache = self.run(InstanceCache.open, Path(self.directory.name), 10**9)
-        self.fs = FileSystem(Trolley(self.searcher, self.downloader, cache, listing_ttl=0), listing_ttl=0)
+        self.fs = FileSystem(Trolley(self.searcher, self.downloader, cache, listing_ttl=0), FsSettings(listing_ttl=0))
 
     def run(self, function, *args):  # noqa: ANN001, ANN201
         return trio.run(function, *args, clock=self.clock)
@@ -76,7 +78,8 @@ class CoreAgainstModel(RuleBasedStateMachine):
     def pacs_adds(self, patient: str, study: int, series: int, number: int) -> None:
         study_uid = f"1.{PATIENTS.index(patient)}.{study}"
         uid = f"{study_uid}.{series}.{number}"
-        self.content[uid] = {"PatientID": patient, "StudyInstanceUID": study_uid, "StudyDate": "20240101",
+        self.content[uid] = {"PatientID": patient, "StudyInstanceUID": study_uid, "StudyDate": f"2024010{study + 1}",
+                             "AccessionNumber": f"A{study}",
                              "SeriesInstanceUID": f"{study_uid}.{series}", "Modality": "OT",
                              "SOPInstanceUID": uid, "InstanceNumber": str(number)}
         self.searcher.records = list(self.content.values())
@@ -127,10 +130,40 @@ class CoreAgainstModel(RuleBasedStateMachine):
 
     @invariant()
     def the_tree_is_the_pacs(self) -> None:
-        files = self.run(walk_all, self.fs)
+        files = [path for path in self.run(walk_all, self.fs) if path[-1].endswith(".dcm")]
         shown = {(path[1], path[-1].removesuffix(".dcm").rsplit("_", 1)[1]) for path in files}
         expected = {(patient_dir_name(r["PatientID"]), uid) for uid, r in self.content.items()}
         assert shown == expected
+
+    @rule(view=st.sampled_from(["studies", "accession", "dates", "query"]), study=st.integers(0, 2),
+          patient=st.sampled_from(PATIENTS))
+    def a_view_shows_the_studies_it_names(self, view: str, study: int, patient: str) -> None:
+        """Each view's folder holds exactly the instances of the studies the model says it should."""
+        study_uid = f"1.{PATIENTS.index(patient)}.{study}"
+        folder, wanted = {
+            "studies": (("studies", study_uid), lambda r: r["StudyInstanceUID"] == study_uid),
+            "accession": (("accession", f"A{study}"), lambda r: r["AccessionNumber"] == f"A{study}"),
+            "dates": (("dates", "2024", "01", f"0{study + 1}"), lambda r: r["StudyDate"] == f"2024010{study + 1}"),
+            "query": (("query", f"AccessionNumber=A{study}&StudyDate=-2024010{study + 1}"),
+                      lambda r: r["AccessionNumber"] == f"A{study}"),
+        }[view]
+        expected = {uid for uid, record in self.content.items() if wanted(record)}
+
+        async def shown() -> set[str] | None:
+            node = await self.fs.lookup(ROOT_INODE, folder[0])
+            try:
+                for name in folder[1:]:
+                    node = await self.fs.lookup(node.inode, name)
+            except NotFound:
+                return None
+            return {path[-1].removesuffix(".dcm").rsplit("_", 1)[1] for path in await walk_below(self.fs, node.inode)
+                    if path[-1].endswith(".dcm")}
+
+        found = self.run(shown)
+        if view in ("studies", "accession") and not expected:
+            assert found is None  # looked up directly: no such study, no folder
+        else:
+            assert found == expected
 
 
 CoreAgainstModel.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None, derandomize=True)

@@ -3,6 +3,7 @@ not UIDs. None may escape the cache directory, crash the core, or give two entri
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from pydicom import config as pydicom_config
 
 from trolleyfs.cache import InstanceCache
 from trolleyfs.fs.core import FileSystem
-from trolleyfs.fs.tree import ROOT_INODE
+from trolleyfs.fs.nodes import ROOT_INODE
 from trolleyfs.model import Query, QueryLevel, Study, build_studies
 from trolleyfs.testing.data import SampleSpec, generate
 from trolleyfs.trolley import Trolley
@@ -30,13 +31,21 @@ class StaticSearcher:
 
     async def find_studies(self, query: Query) -> list[Study]:
         self.queries += 1
-        matching = [
-            record for record in self.records
-            if (not query.PatientID or record.get("PatientID") == query.PatientID)
-            and (not query.StudyInstanceUID or record["StudyInstanceUID"] == query.StudyInstanceUID)
-            and (not query.SeriesInstanceUID or record["SeriesInstanceUID"] == query.SeriesInstanceUID)
-        ]
-        return build_studies(matching, query.query_level)
+        keys = query.matching_keys()
+        matching = [record for record in self.records if all(_matches(record, k, v) for k, v in keys.items())]
+        studies = build_studies(matching, query.query_level)
+        return studies[: query.limit] if query.limit else studies
+
+
+def _matches(record: dict, keyword: str, wanted: str) -> bool:
+    """DICOM matching as a strict PACS does it: date ranges, ``*``/``?`` wildcards, else exact."""
+    actual = str(record.get(keyword, ""))
+    if keyword.endswith("Date") and "-" in wanted:
+        low, _, high = wanted.partition("-")
+        return bool(actual) and (not low or actual >= low) and (not high or actual <= high)
+    if "*" in wanted or "?" in wanted:
+        return fnmatch.fnmatchcase(actual, wanted.replace("[", "[[]"))
+    return actual == wanted
 
 
 class NoDownloads:
@@ -51,6 +60,12 @@ async def filesystem(records: list[dict], tmp_path: Path) -> tuple[FileSystem, S
 
 
 async def walk_all(fs: FileSystem) -> list[tuple[str, ...]]:
+    patients = await fs.lookup(ROOT_INODE, "patients")
+    return [("patients", *path) for path in await walk_below(fs, patients.inode)]
+
+
+async def walk_below(fs: FileSystem, top: int) -> list[tuple[str, ...]]:
+    """Every file below directory ``top`` by path, checking each name on the way."""
     paths: list[tuple[str, ...]] = []
 
     async def visit(inode: int, path: tuple[str, ...]) -> None:
@@ -63,13 +78,12 @@ async def walk_all(fs: FileSystem) -> list[tuple[str, ...]]:
             assert name not in ("", ".", "..") and "/" not in name and "\0" not in name, (path, name)
             assert len(name.encode("utf-8", "surrogateescape")) <= 255, (path, name)
             assert (await fs.lookup(inode, name)).inode == node.inode
-            if node.key.kind.is_dir:
+            if node.is_dir:
                 await visit(node.inode, (*path, name))
             else:
                 paths.append((*path, name))
 
-    patients = await fs.lookup(ROOT_INODE, "patients")
-    await visit(patients.inode, ("patients",))
+    await visit(top, ())
     return paths
 
 
@@ -83,7 +97,7 @@ async def test_hostile_ids_descriptions_and_uids_give_safe_unique_names(tmp_path
                 "Modality": text, "SeriesNumber": text, "SOPInstanceUID": f"{text}.{s}", "InstanceNumber": text,
             })
     fs, _ = await filesystem(records, tmp_path)
-    files = await walk_all(fs)
+    files = [path for path in await walk_all(fs) if path[-1].endswith(".dcm")]
     assert files  # every hostile patient is reachable and listed
 
 
@@ -95,7 +109,7 @@ async def test_ten_thousand_entries_in_one_directory_list_with_one_query(tmp_pat
     ]
     fs, searcher = await filesystem(records, tmp_path)
     started = time.monotonic()
-    files = await walk_all(fs)
+    files = [path for path in await walk_all(fs) if path[-1].endswith(".dcm")]
     assert len(files) == 10_000
     assert searcher.queries == 4  # /patients, the patient, the study, the series
     assert time.monotonic() - started < 60

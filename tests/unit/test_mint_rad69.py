@@ -161,7 +161,7 @@ async def test_mint_and_rad69_give_the_tree_and_bytes_of_qido_and_wado_rs(pacs, 
         soap = await all_files(fs)
         assert set(soap) == set(web)
         for node in soap.values():
-            uid = node.key.instance_uid
+            uid = node.uid
             assert await read_all(fs, node.inode) == pacs.instances[uid].data
     assert pacs.count("mint") > 0 and pacs.count("qido") > 0
     series = {i.value("SeriesInstanceUID") for i in pacs.instances.values()}
@@ -175,16 +175,16 @@ async def test_a_document_the_repository_reports_missing_is_a_pacs_error(pacs, t
         with pytest.raises(PacsError, match="XDSMissingDocument"):
             await read_all(fs, node.inode)
         assert len(fs.trolley.cache) == 0
-        assert await read_all(fs, node.inode) == pacs.instances[node.key.instance_uid].data
+        assert await read_all(fs, node.inode) == pacs.instances[node.uid].data
 
 
 async def test_a_series_is_fetched_in_batches_of_rad69_batch_size(pacs, tmp_path):
     async with filesystem_over(pacs, tmp_path, rad69_batch_size=4, **rad69_options(pacs)) as fs:
         files = await all_files(fs)
-        series_uid = next(iter(files.values())).key.series_uid
-        in_series = [node for node in files.values() if node.key.series_uid == series_uid]
+        series_uid = next(iter(files.values())).series_dir.series.uid
+        in_series = [node for node in files.values() if node.series_dir.series.uid == series_uid]
         for node in in_series:
-            assert await read_all(fs, node.inode) == pacs.instances[node.key.instance_uid].data
+            assert await read_all(fs, node.inode) == pacs.instances[node.uid].data
     remaining = len(in_series) - 1  # the first file is fetched by itself, then the read-ahead
     assert pacs.count("rad69") == 1 + -(-remaining // 4)
 
@@ -193,7 +193,7 @@ async def test_a_rad69_503_is_retried_into_the_right_bytes(pacs, tmp_path):
     async with filesystem_over(pacs, tmp_path, readahead_max=0, retries=1, **rad69_options(pacs)) as fs:
         node = next(iter((await all_files(fs)).values()))
         pacs.faults.add("rad69", "status", status=503, count=1)
-        assert await read_all(fs, node.inode) == pacs.instances[node.key.instance_uid].data
+        assert await read_all(fs, node.inode) == pacs.instances[node.uid].data
     assert pacs.count("rad69") == 2
 
 

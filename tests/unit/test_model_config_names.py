@@ -10,14 +10,8 @@ from pydantic import ValidationError
 from trolleyfs.backends.http import build_url
 from trolleyfs.config import load_config, parse_size
 from trolleyfs.errors import ConfigError
-from trolleyfs.fs.tree import (
-    instance_file_name,
-    patient_dir_name,
-    patient_id_from_name,
-    series_dir_name,
-    study_dir_name,
-    unique_names,
-)
+from trolleyfs.fs.settings import Naming
+from trolleyfs.fs.names import patient_dir_name, patient_id_from_name, unique_names
 from trolleyfs.model import Query, QueryLevel, build_studies
 
 SOURCE = "http://127.0.0.1:8042/dicom-web"
@@ -100,7 +94,10 @@ def test_only_the_canonical_name_finds_a_patient():
 def test_descriptive_names_are_safe_and_unique():
     hostile = {"StudyDate": "2024/01/01", "StudyDescription": "../../etc\0passwd", "SeriesNumber": "x",
                "Modality": "C/T", "InstanceNumber": "3"}
-    for name in (study_dir_name("1.2/3", hostile), series_dir_name("..", hostile), instance_file_name("1.2", hostile)):
+    naming = Naming()
+    for name in (naming.study.name({**hostile, "StudyInstanceUID": "1.2/3"}),
+                 naming.series.name({**hostile, "SeriesInstanceUID": ".."}),
+                 naming.instance.name({**hostile, "SOPInstanceUID": "1.2"})):
         assert "/" not in name and "\0" not in name and name not in (".", "..") and not name.startswith(".")
     names = unique_names([("same", "2"), ("same", "1"), ("x.dcm", "3"), ("x.dcm", "4")])
     assert names == {"same": "1", "same~2": "2", "x.dcm": "3", "x~2.dcm": "4"}

@@ -12,11 +12,11 @@ from collections.abc import AsyncIterable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from trolleyfs.model import Query, Reference, Study
+from trolleyfs.model import Query, Reference, Studies
 
 
 class Searcher(Protocol):
-    async def find_studies(self, query: Query) -> list[Study]:
+    async def find_studies(self, query: Query) -> Studies:
         """Studies matching ``query``, filled with series and instances down to its level."""
         ...
 

@@ -17,8 +17,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from trolleyfs.backends.dimse import DimsePeer, failure, record_from_identifier, status_category
-from trolleyfs.backends.qido_rs import DEFAULT_FIELDS
-from trolleyfs.model import Query, QueryLevel, Study, build_studies
+from trolleyfs.model import LISTING_FIELDS, Query, QueryLevel, Studies, build_studies
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ class DicomQR:
     def __init__(self, peer: DimsePeer) -> None:
         self.peer = peer
 
-    async def find_studies(self, query: Query) -> list[Study]:
+    async def find_studies(self, query: Query) -> Studies:
         identifier = find_identifier(query)
         records = await self.peer.run(
             [build_context(StudyRootQueryRetrieveInformationModelFind)],
@@ -69,7 +68,7 @@ def find_identifier(query: Query) -> Dataset:
     identifier.QueryRetrieveLevel = DIMSE_LEVEL[query.query_level]
     for keyword, value in query.matching_keys().items():
         setattr(identifier, keyword, value)
-    return_keys = (*_UNIQUE_KEYS[query.query_level], *DEFAULT_FIELDS[query.query_level], *query.include_fields)
+    return_keys = (*_UNIQUE_KEYS[query.query_level], *LISTING_FIELDS[query.query_level], *query.include_fields)
     for keyword in return_keys:
         if keyword not in identifier:
             setattr(identifier, keyword, None)

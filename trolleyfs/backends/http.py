@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 import trio
 
-from trolleyfs.errors import NotFound, PacsError, PacsProtocolError, PacsRefused
+from trolleyfs.errors import NotFound, PacsBadRequest, PacsError, PacsProtocolError, PacsRefused
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ class HttpSession:
                 raise PacsRefused(f"{method} {loggable(url)}: HTTP {response.status_code}: the PACS refused our credentials")
             if response.status_code in RETRY_STATUSES:
                 raise PacsError(message)
+            if response.status_code == 400:
+                raise PacsBadRequest(message)
             raise PacsProtocolError(message)
         raise AssertionError("unreachable: the loop returns or raises")
 

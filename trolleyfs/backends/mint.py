@@ -2,7 +2,7 @@
 
 MINT (Medical Imaging Network Transport, the study search of Vitrea and others) takes DICOM
 keywords as query parameters plus ``QueryLevel`` (STUDY, SERIES, INSTANCE), ``IncludeFields``
-(comma-separated keywords), ``min_study_date``/``max_study_date`` (YYYYMMDD) and ``limit``, and
+(comma-separated keywords, from a fixed list per level: :mod:`mint_fields`), ``min_study_date``/``max_study_date`` (YYYYMMDD) and ``limit``, and
 answers with elements in the ``http://medical.nema.org/mint`` namespace::
 
     <studySearchResults xmlns="http://medical.nema.org/mint">
@@ -17,16 +17,20 @@ The XML is parsed hardened (:mod:`trolleyfs.backends.safe_xml`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from xml.etree.ElementTree import Element
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 
 from trolleyfs.backends.http import HttpSession, build_url, loggable
+from trolleyfs.backends.mint_fields import ALLOWED_INCLUDE_FIELDS
 from trolleyfs.backends.qido_rs import return_fields
 from trolleyfs.backends.safe_xml import parse_xml
-from trolleyfs.errors import PacsProtocolError
-from trolleyfs.model import Instance, Query, Series, Study
+from trolleyfs.errors import PacsBadRequest, PacsProtocolError
+from trolleyfs.model import Instance, Query, QueryLevel, Series, Studies, Study
+
+log = logging.getLogger(__name__)
 
 NAMESPACE = "http://medical.nema.org/mint"
 _STUDY, _SERIES, _INSTANCE, _ATTR = (f"{{{NAMESPACE}}}{name}" for name in ("study", "series", "instance", "attr"))
@@ -37,21 +41,46 @@ class Mint:
     def __init__(self, session: HttpSession, url: str) -> None:
         self.session = session
         self.url = url
+        self._fields_refused: set[QueryLevel] = set()
+        """Levels at which this server refused even the listed include fields: asked without."""
 
-    async def find_studies(self, query: Query) -> list[Study]:
-        url = build_url(self.url, "studies", query_parameters(query))
+    async def find_studies(self, query: Query) -> Studies:
+        with_fields = query.query_level not in self._fields_refused
+        try:
+            return await self._search(query, with_fields)
+        except PacsBadRequest as exc:
+            if not with_fields:
+                raise
+            log.warning("MINT refused the include fields asked at %s level (%s); asking without them",
+                        query.query_level.value, exc)
+            self._fields_refused.add(query.query_level)
+            return await self._search(query, False)
+
+    async def _search(self, query: Query, with_fields: bool) -> Studies:
+        url = build_url(self.url, "studies", query_parameters(query, with_fields))
         response = await self.session.get(url, ACCEPT_XML)
-        return parse_study_search_results(response.content, where=loggable(url))
+        studies = parse_study_search_results(response.content, where=loggable(url))
+        # MINT has no paging: an answer as long as the limit asked may have been cut by it, which
+        # the trolley (asking one more than it needs) tells apart
+        return Studies(studies)
 
 
-def query_parameters(query: Query) -> list[tuple[str, str]]:
+def include_fields(query: Query) -> list[str]:
+    """The return fields a MINT server accepts at the query's level (see mint_fields)."""
+    allowed = ALLOWED_INCLUDE_FIELDS[query.query_level]
+    return [name for name in return_fields(query) if name in allowed]
+
+
+def query_parameters(query: Query, with_fields: bool = True) -> list[tuple[str, str]]:
     params = list(query.matching_keys().items())
     params = [(key, value) for key, value in params if key != "StudyDate"]
     if query.min_study_date:
         params.append(("min_study_date", query.min_study_date.strftime("%Y%m%d")))
     if query.max_study_date:
         params.append(("max_study_date", query.max_study_date.strftime("%Y%m%d")))
-    params += [("QueryLevel", query.query_level.value), ("IncludeFields", ",".join(return_fields(query)))]
+    params.append(("QueryLevel", query.query_level.value))
+    if with_fields and (fields := include_fields(query)):
+        params.append(("IncludeFields", ",".join(fields)))
     if query.limit:
         params.append(("limit", str(query.limit)))
     return params

@@ -2,31 +2,28 @@
 
 A series or instance query that names its study (and series) goes down the hierarchy
 (``/studies/{uid}/series``); one that does not asks the relational resource (``/series``,
-``/instances``). Answers are paged with ``limit``/``offset`` until a page comes back short.
+``/instances``). Answers are paged with ``limit``/``offset`` to their end (see ``_search``), and
+a server that refuses our optional return fields is asked again without them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 from trolleyfs.backends.dicom_json import record_from_dicom_json
 from trolleyfs.backends.http import HttpSession, build_url, loggable
-from trolleyfs.errors import PacsProtocolError
-from trolleyfs.model import Query, QueryLevel, Study, build_studies
+from trolleyfs.errors import PacsBadRequest, PacsProtocolError
+from trolleyfs.model import LISTING_FIELDS, Query, QueryLevel, Studies, build_studies
 from pydicom.datadict import tag_for_keyword
 
+log = logging.getLogger(__name__)
+
+_SILENT_CAP_MINIMUM = 50
+"""A short page of at least this many results may be a server's silent cap: one more is asked."""
 _NOT_RAW = re.compile(r"[^A-Za-z0-9._~*?^-]")
 ACCEPT_JSON = {"Accept": "application/dicom+json"}
-
-# Asked for on every query, so that a directory listing can name and size its entries.
-DEFAULT_FIELDS = {
-    QueryLevel.STUDY: ("PatientID", "PatientName", "StudyDate", "StudyDescription", "ModalitiesInStudy"),
-    QueryLevel.SERIES: ("Modality", "SeriesNumber", "SeriesDescription"),
-    QueryLevel.INSTANCE: (
-        "SOPClassUID", "InstanceNumber", "Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames",
-    ),
-}
 
 
 class QidoRS:
@@ -34,27 +31,61 @@ class QidoRS:
         self.session = session
         self.url = url
         self.page_size = page_size
+        self._cap_known = False
+        """Whether this server was seen cutting pages silently (then page_size is its cap)."""
+        self._fields_refused: set[QueryLevel] = set()
+        """Levels at which this server refused our return fields (HTTP 400): asked without them."""
 
-    async def find_studies(self, query: Query) -> list[Study]:
+    async def find_studies(self, query: Query) -> Studies:
+        level = query.query_level
+        fields = [] if level in self._fields_refused else return_fields(query)
+        try:
+            return await self._search(query, fields)
+        except PacsBadRequest as exc:
+            if not fields:
+                raise
+            log.warning("QIDO-RS refused the return fields asked at %s level (%s); asking without them", level.value, exc)
+            self._fields_refused.add(level)
+            return await self._search(query, [])
+
+    async def _search(self, query: Query, fields: list[str]) -> Studies:
+        """Every page of the answer. A page shorter than asked ends the answer, except when the
+        server says it cut it (``Warning: 299``) or when it is long enough to be a silent cap of
+        the server's own (then one more page is asked; a server seen capping is paged at its cap)."""
         path, path_keys = _resource(query)
         params = [(key, _raw_safe(value)) for key, value in query.matching_keys().items() if key not in path_keys]
-        params += [("includefield", f"{tag_for_keyword(name):08X}") for name in return_fields(query)]
+        params += [("includefield", f"{tag_for_keyword(name):08X}") for name in fields]
         records: list[dict] = []
-        offset = 0
-        while True:
-            page_size = min(self.page_size, query.limit - len(records)) if query.limit else self.page_size
-            page = await self._page(path, params + [("limit", str(page_size)), ("offset", str(offset))])
-            records += page
-            offset += len(page)
-            if len(page) < page_size or (query.limit and len(records) >= query.limit):
+        truncated = ""
+        checking = 0  # the length of a short page whose end is being checked
+        previous_first: dict | None = None
+        while not (query.limit and len(records) >= query.limit):
+            wanted = min(self.page_size, query.limit - len(records)) if query.limit else self.page_size
+            page, server_cut = await self._page(path, params + [("limit", str(wanted)), ("offset", str(len(records)))])
+            if not page:
                 break
-        return build_studies(records, query.query_level)
+            if page[0] == previous_first:
+                truncated = "the PACS answered the same page again (it ignores offset)"
+                break
+            previous_first = page[0]
+            if checking:
+                log.info("QIDO-RS pages silently at %d results; paging at that size from now on", checking)
+                self.page_size, self._cap_known, checking = checking, True, 0
+            records += page
+            if len(page) >= wanted or server_cut:
+                continue
+            if self._cap_known or len(page) < _SILENT_CAP_MINIMUM:
+                break
+            checking = len(page)
+        return build_studies(records, query.query_level, truncated)
 
-    async def _page(self, path: str, params: list[tuple[str, str]]) -> list[dict]:
+    async def _page(self, path: str, params: list[tuple[str, str]]) -> tuple[list[dict], bool]:
+        """One page, and whether the server said it cut it short (``Warning: 299``)."""
         url = build_url(self.url, path, params)
         response = await self.session.get(url, ACCEPT_JSON)
+        server_cut = any(value.strip().startswith("299") for value in response.headers.get_list("warning"))
         if response.status_code == 204:
-            return []
+            return [], server_cut
         if not response.content.strip():
             raise PacsProtocolError(f"QIDO-RS {loggable(url)}: HTTP 200 with an empty body (no results is 204 or [])")
         try:
@@ -63,7 +94,7 @@ class QidoRS:
             raise PacsProtocolError(f"QIDO-RS {loggable(url)}: answer is not JSON: {exc}") from exc
         if not isinstance(datasets, list):
             raise PacsProtocolError(f"QIDO-RS {loggable(url)}: answer is not a JSON array")
-        return [record_from_dicom_json(dataset) for dataset in datasets]
+        return [record_from_dicom_json(dataset) for dataset in datasets], server_cut
 
 
 def _resource(query: Query) -> tuple[str, set[str]]:
@@ -93,5 +124,5 @@ def return_fields(query: Query) -> list[str]:
     """The attributes a search asks back: the usual ones of each level down to its own, then
     ``include_fields``."""
     levels = list(QueryLevel)[: list(QueryLevel).index(query.query_level) + 1]
-    wanted = [name for level in levels for name in DEFAULT_FIELDS[level]] + list(query.include_fields)
+    wanted = [name for level in levels for name in LISTING_FIELDS[level]] + list(query.include_fields)
     return list(dict.fromkeys(wanted))

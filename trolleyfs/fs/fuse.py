@@ -18,7 +18,7 @@ import pyfuse3
 
 from trolleyfs.errors import NotFound, TrolleyError
 from trolleyfs.fs.core import FileSystem
-from trolleyfs.fs.tree import Node
+from trolleyfs.fs.nodes import Node
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def errno_boundary(handler: F) -> F:
         except pyfuse3.FUSEError:
             raise
         except TrolleyError as exc:
-            level = logging.DEBUG if exc.errno == errno.ENOENT else logging.WARNING
+            level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.ENODATA) else logging.WARNING
             log.log(level, "%s: %s", handler.__name__, exc)
             failed = exc.errno
         except OSError as exc:
@@ -60,7 +60,7 @@ class FuseOperations(pyfuse3.Operations):
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = node.inode
         attrs.st_mode = node.mode & ~self._umask
-        attrs.st_nlink = 2 if node.key.kind.is_dir else 1
+        attrs.st_nlink = 2 if node.is_dir else 1
         attrs.st_size = node.size
         attrs.st_uid = self._uid
         attrs.st_gid = self._gid
@@ -133,6 +133,14 @@ class FuseOperations(pyfuse3.Operations):
         stat.f_bsize = stat.f_frsize = 4096
         stat.f_namemax = 255
         return stat
+
+    @errno_boundary
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        return await self.fs.getxattr(inode, os.fsdecode(name))
+
+    @errno_boundary
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return [os.fsencode(name) for name in await self.fs.listxattr(inode)]
 
     async def _refuse(self, what: str) -> Any:
         self.fs.refuse_change(what)

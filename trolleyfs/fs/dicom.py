@@ -1,0 +1,292 @@
+"""The study, series and instance nodes every view shares, and the folder of studies that a view
+fills from one search.
+
+- :class:`StudiesDir`: a folder listing the studies of one study-level Query (a patient, an
+  accession number, a day, a ``/query`` name); each view says which Query and which studies.
+- :class:`StudyDir`: its series (one series-level search) and ``study.json``.
+- :class:`SeriesDir`: its instances (one instance-level search) and ``series.json``.
+- :class:`InstanceFile`: downloaded into the cache on ``open``, never on lookup, stat or listing.
+  An instance reached through two views is one cache entry (the cache is keyed by SOPInstanceUID).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import trio
+
+from trolleyfs.errors import CacheError, NotFound
+from trolleyfs.fs.generated import GeneratedFile
+from trolleyfs.fs.names import NameTemplate, study_time, unique_names
+from trolleyfs.fs.nodes import Directory, File, Node, OpenFile
+from trolleyfs.fs.sidecars import dicom_json, header_attributes, render_json, xattr_values
+from trolleyfs.model import (
+    LISTING_FIELDS,
+    UNIQUE_KEYWORDS,
+    Instance,
+    InstanceReference,
+    Query,
+    QueryLevel,
+    Series,
+    SeriesReference,
+    Studies,
+    Study,
+)
+
+log = logging.getLogger(__name__)
+
+STUDY_SIDECAR = "study.json"
+SERIES_SIDECAR = "series.json"
+_HEADER_ALLOWANCE = 4096
+_header_limiter = trio.CapacityLimiter(4)
+PATIENT_KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
+
+
+class StudiesDir(Directory):
+    """A folder of studies: the answer to :meth:`study_query`, narrowed by :meth:`keeps`."""
+
+    def study_query(self) -> Query | None:
+        """The search that lists this folder; None lists nothing."""
+        raise NotImplementedError
+
+    def keeps(self, study: Study) -> bool:
+        """Whether a study of the answer belongs here (servers match loosely: names case-
+        insensitively, values as wildcards; a folder promises exact matches)."""
+        return True
+
+    def study_name(self, study: Study) -> str:
+        return self.mount.settings.naming.study.name(study.attributes)
+
+    async def answer(self) -> Studies:
+        query = self.study_query()
+        if query is None:
+            return Studies()
+        return await self.mount.trolley.find_studies(with_fields(query, self.mount.settings.naming.study))
+
+    async def entries(self) -> dict[str, Node]:
+        answer = await self.answer()
+        if self.up_to_date(answer):
+            return self.children  # type: ignore[return-value]
+        studies = {study.uid: study for study in answer if self.keeps(study)}
+        names = unique_names([(self.study_name(study), uid) for uid, study in studies.items()])
+        children: dict[str, Node] = {}
+        for name, uid in names.items():
+            node = self.child(StudyDir, uid)
+            node.showing(studies[uid])
+            children[name] = node
+        return self.built(children, answer)
+
+
+class StudyDir(Directory):
+    study: Study
+
+    def showing(self, study: Study) -> StudyDir:
+        self.study = study
+        self.mtime = study_time(study.attributes) or self.mount.mount_time
+        return self
+
+    def series_query(self) -> Query:
+        return with_fields(
+            Query(StudyInstanceUID=self.study.uid, query_level=QueryLevel.SERIES), self.mount.settings.naming.series
+        )
+
+    async def entries(self) -> dict[str, Node]:
+        answer = await self.mount.trolley.find_studies(self.series_query())
+        if self.up_to_date(answer):
+            return self.children  # type: ignore[return-value]
+        study = next((study for study in answer if study.uid == self.study.uid), None)
+        series = study.series if study else []
+        naming = self.mount.settings.naming.series
+        names = unique_names([(naming.name(s.attributes), s.uid) for s in series], frozenset({STUDY_SIDECAR}))
+        by_uid = {s.uid: s for s in series}
+        children: dict[str, Node] = {}
+        for name, uid in names.items():
+            children[name] = self.child(SeriesDir, uid).showing(self, by_uid[uid])
+        children[STUDY_SIDECAR] = self.child(GeneratedFile, STUDY_SIDECAR).generated_by(self.render_sidecar)
+        self._prefetch_series_listings([node for node in children.values() if isinstance(node, SeriesDir)])
+        return self.built(children, answer)
+
+    def _prefetch_series_listings(self, series: list[SeriesDir]) -> None:
+        """``ls -lR`` and file managers open a study's series one after the other: list them in
+        the background (two searches at a time) when there are few enough."""
+        if 0 < len(series) <= self.mount.settings.listing_readahead:
+            self.mount.trolley.prefetch_searches([node.instance_query() for node in series])
+
+    def render_sidecar(self) -> bytes:
+        return render_json(dicom_json(self.study.attributes))
+
+    async def xattrs(self) -> dict[str, bytes]:
+        return xattr_values(self.study.attributes)
+
+
+class SeriesDir(Directory):
+    study_dir: StudyDir
+    series: Series
+    instances: list[Instance] = []  # noqa: RUF012 - replaced, never changed in place
+
+    def showing(self, study_dir: StudyDir, series: Series) -> SeriesDir:
+        self.study_dir, self.series, self.mtime = study_dir, series, study_dir.mtime
+        return self
+
+    def instance_query(self) -> Query:
+        query = Query(
+            StudyInstanceUID=self.study_dir.study.uid, SeriesInstanceUID=self.series.uid,
+            query_level=QueryLevel.INSTANCE,
+        )
+        return with_fields(query, self.mount.settings.naming.instance)
+
+    async def entries(self) -> dict[str, Node]:
+        answer = await self.mount.trolley.find_studies(self.instance_query())
+        if self.up_to_date(answer):
+            return self.children  # type: ignore[return-value]
+        study = next((study for study in answer if study.uid == self.study_dir.study.uid), None)
+        series = next((s for s in study.series if s.uid == self.series.uid), None) if study else None
+        self.instances = series.instances if series else []
+        naming = self.mount.settings.naming.instance
+        by_uid = {instance.uid: instance for instance in self.instances}
+        names = unique_names([(naming.name(i.attributes), i.uid) for i in self.instances], frozenset({SERIES_SIDECAR}))
+        children: dict[str, Node] = {}
+        for name, uid in names.items():
+            children[name] = self.child(InstanceFile, uid).showing(self, by_uid[uid])
+        children[SERIES_SIDECAR] = self.child(GeneratedFile, SERIES_SIDECAR).generated_by(self.render_sidecar)
+        return self.built(children, answer)
+
+    async def lookup(self, name: str) -> Node:
+        entries = await self.entries()
+        if name in entries:
+            return entries[name]
+        # a UID stays reachable whatever the naming template: <SOPInstanceUID>.dcm
+        uid = name.removesuffix(".dcm")
+        found = next((node for node in entries.values() if isinstance(node, InstanceFile) and node.instance.uid == uid), None)
+        if found is None:
+            raise NotFound(f"no such entry in inode {self.inode}")
+        return found
+
+    def render_sidecar(self) -> bytes:
+        return render_json({
+            "series": dicom_json(self.series.attributes),
+            "instances": [dicom_json({"SOPInstanceUID": i.uid, **i.attributes}) for i in self.instances],
+        })
+
+    async def xattrs(self) -> dict[str, bytes]:
+        return xattr_values(self.series.attributes)
+
+    def forgotten(self) -> None:
+        super().forgotten()
+        self.instances = []
+
+
+class InstanceFile(File):
+    series_dir: SeriesDir
+    instance: Instance
+    size_exact = False
+    """Exact once downloaded; before that an estimate (see docs/semantics.md)."""
+    _header: dict[str, Any] | None = None
+
+    def showing(self, series_dir: SeriesDir, instance: Instance) -> InstanceFile:
+        self.series_dir, self.instance, self.mtime = series_dir, instance, series_dir.mtime
+        if not self.size_exact:
+            self.size = estimated_size(instance.attributes)
+        self.refresh()
+        return self
+
+    @property
+    def uid(self) -> str:
+        return self.instance.uid
+
+    def refresh(self) -> None:
+        if not self.size_exact:
+            cached = self.mount.trolley.cache.peek(self.uid)
+            if cached is not None:
+                self.size, self.size_exact = cached.size, True
+
+    @property
+    def attr_timeout(self) -> float:
+        return self.mount.settings.listing_ttl if self.size_exact else 0.0
+
+    @property
+    def reference(self) -> InstanceReference:
+        return InstanceReference(
+            study_uid=self.series_dir.study_dir.study.uid,
+            series_uid=self.series_dir.series.uid,
+            instance_uid=self.uid,
+            sop_class_uid=_text(self.instance.attributes.get("SOPClassUID")),
+        )
+
+    async def open(self) -> OpenFile:
+        """Download the instance unless cached, so that fstat right after open tells its size."""
+        trolley = self.mount.trolley
+        opened = trolley.open_cached(self.uid)
+        if opened is None:
+            downloaded = await trolley.instance_file(self.reference)
+            self._maybe_read_ahead(downloaded.size)
+            opened = trolley.cache.open_for_reading(self.uid)
+            if opened is None:
+                raise CacheError(f"{self.uid} left the cache as soon as it was downloaded")
+        fd, cached = opened
+        self.size, self.size_exact = cached.size, True
+        return OpenFile(self, fd=fd, just_written=trolley.cache.just_written(self.uid))
+
+    def _maybe_read_ahead(self, file_size: int) -> None:
+        """After a file had to be downloaded, fetch the rest of its series in the background when
+        the series (as estimated from its listing) fits within ``readahead_max``."""
+        siblings = [node for node in (self.series_dir.children or {}).values() if isinstance(node, InstanceFile)]
+        estimate = sum(node.size or file_size for node in siblings)
+        if len(siblings) > 1 and estimate <= self.mount.settings.readahead_max:
+            reference = self.reference
+            sop_classes = tuple(sorted({node.reference.sop_class_uid for node in siblings} - {""}))
+            self.mount.trolley.read_ahead(
+                SeriesReference(study_uid=reference.study_uid, series_uid=reference.series_uid, sop_class_uids=sop_classes)
+            )
+
+    async def xattrs(self) -> dict[str, bytes]:
+        """What the search told, and, once the file is cached, the text elements of its header."""
+        attributes = {"SOPInstanceUID": self.uid, **self.instance.attributes}
+        if self._header is None:
+            opened = self.mount.trolley.cache.open_for_reading(self.uid)  # pinned: not evicted meanwhile
+            if opened is not None:
+                fd, _ = opened
+                try:
+                    self._header = await trio.to_thread.run_sync(header_attributes, fd, limiter=_header_limiter)
+                finally:
+                    self.mount.trolley.cache.close_for_reading(self.uid, fd)
+        return xattr_values({**attributes, **(self._header or {})})
+
+
+def with_fields(query: Query, naming: NameTemplate) -> Query:
+    """``query`` asking also for what the naming template of its level reads (beyond what every
+    search of that level asks, so that the default names ask for nothing more)."""
+    usual = {*LISTING_FIELDS[query.query_level], *query.include_fields, *UNIQUE_KEYWORDS}
+    extra = tuple(name for name in naming.fields if name not in usual)
+    return query.model_copy(update={"include_fields": (*query.include_fields, *extra)}) if extra else query
+
+
+def patient_attributes(studies: list[Study]) -> dict[str, Any]:
+    first = studies[0].attributes if studies else {}
+    return {keyword: first[keyword] for keyword in PATIENT_KEYWORDS if keyword in first}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return "\\".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+def estimated_size(attributes: dict[str, Any]) -> int:
+    """Pixel bytes plus a header allowance, from what the search told; 0 when it told nothing."""
+    try:
+        rows, columns, bits = (int(attributes[name]) for name in ("Rows", "Columns", "BitsAllocated"))
+    except (KeyError, TypeError, ValueError):
+        return 0
+    samples = _int_or(attributes.get("SamplesPerPixel"), 1)
+    frames = _int_or(attributes.get("NumberOfFrames"), 1)
+    return rows * columns * samples * frames * ((bits + 7) // 8) + _HEADER_ALLOWANCE
+
+
+def _int_or(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default

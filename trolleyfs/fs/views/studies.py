@@ -1,0 +1,39 @@
+"""``/studies/<StudyInstanceUID>/<series>/...``: a study by its UID.
+
+Looking a UID up is one study search for exactly that UID, never a listing; listing ``/studies``
+shows up to ``root_listing_limit`` studies, each named by its UID alone.
+"""
+
+from __future__ import annotations
+
+import re
+
+from trolleyfs.errors import NotFound
+from trolleyfs.fs.dicom import StudiesDir, StudyDir, with_fields
+from trolleyfs.fs.names import uid_name
+from trolleyfs.fs.nodes import Node
+from trolleyfs.model import Query, Study
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+class StudiesRoot(StudiesDir):
+    permanent = True
+
+    def study_query(self) -> Query | None:
+        limit = self.mount.settings.root_listing_limit
+        return Query(limit=limit) if limit else None
+
+    def study_name(self, study: Study) -> str:
+        return uid_name(study.uid)
+
+    async def lookup(self, name: str) -> Node:
+        if self.children is not None and name in self.children:
+            return self.children[name]
+        if len(name) > 64 or not _UID.fullmatch(name):
+            raise NotFound("not a StudyInstanceUID")
+        query = with_fields(Query(StudyInstanceUID=name), self.mount.settings.naming.study)
+        study = next((study for study in await self.mount.trolley.find_studies(query) if study.uid == name), None)
+        if study is None:
+            raise NotFound("no study with that StudyInstanceUID")
+        return self.child(StudyDir, name).showing(study)
