@@ -70,7 +70,7 @@ class QidoRS:
             previous_first = page[0]
             if checking:
                 log.info("QIDO-RS pages silently at %d results; paging at that size from now on", checking)
-                self.page_size, self._cap_known, checking = checking, True, 0
+                self.page_size, self._cap_known, wanted, checking = checking, True, checking, 0
             records += page
             if len(page) >= wanted or server_cut:
                 continue

@@ -41,7 +41,8 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from trolleyfs.model import SERIES_KEYWORDS, STUDY_KEYWORDS
+from trolleyfs.backends.mint_fields import ALLOWED_INCLUDE_FIELDS
+from trolleyfs.model import SERIES_KEYWORDS, STUDY_KEYWORDS, QueryLevel
 from trolleyfs.testing.endpoints import DicomWebEndpoints
 from trolleyfs.testing.pacs_soap import (
     XML_BOMB,
@@ -136,6 +137,13 @@ class EmbeddedPacs(DicomWebEndpoints):
         """Serve https:// with this server-side context (tests of ca_bundle and client certificates)."""
         self.repository_id = "1.3.6.1.4.1000"
         """The RAD-69 RepositoryUniqueId it answers for (trolleyfs's default)."""
+        self.qido_page_cap: int | None = None
+        """Most results one QIDO-RS page holds, whatever ``limit`` asks (servers cap their pages)."""
+        self.qido_cap_warning = True
+        """Whether a page cut by ``qido_page_cap`` says so with ``Warning: 299`` (PS3.18 8.3.4.4);
+        False is a server that cuts silently."""
+        self.refuse_return_fields = False
+        """Answer HTTP 400 to any QIDO-RS ``includefield`` or MINT ``IncludeFields`` (a strict server)."""
         if tls is not None:
             self.scheme = "https"
         for data in files:
@@ -309,17 +317,25 @@ class _Handler(BaseHTTPRequestHandler):
                 limit = int(value)
             elif key == "offset":
                 offset = int(value)
-            elif key in ("includefield", "fuzzymatching"):
+            elif key == "includefield":
+                if self.pacs.refuse_return_fields:
+                    return self._error(400, "includefield not supported")
+            elif key == "fuzzymatching":
                 continue
             elif value:
                 filters[_keyword(key)] = value
         filters.update(path_uids)
         instances = self.pacs.matching(filters)
         records = _records(level, instances, filters.get("ModalitiesInStudy"))
-        page = records[offset : offset + limit if limit is not None else None]
+        cap = self.pacs.qido_page_cap
+        size = min(limit, cap) if limit is not None and cap else (limit if limit is not None else cap)
+        page = records[offset : offset + size if size is not None else None]
+        cut = cap is not None and (limit is None or limit > cap) and len(records) - offset > cap
+        warning = {"Warning": "299 trolleyfs-test: The number of results exceeded the maximum supported by the "
+                              "server. Additional results can be requested."} if cut and self.pacs.qido_cap_warning else {}
         if not page:
-            return self._send(204, "application/dicom+json", b"")
-        self._send(200, "application/dicom+json", json.dumps(page).encode())
+            return self._send(204, "application/dicom+json", b"", headers=warning)
+        self._send(200, "application/dicom+json", json.dumps(page).encode(), headers=warning)
 
     # --- WADO-RS ----------------------------------------------------------------------------------
 
@@ -405,6 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _mint(self, params: list[tuple[str, str]], corruption: str) -> None:
         filters: dict[str, str] = {}
         level, limit, low, high = "STUDY", 0, "", ""
+        fields: list[str] = []
         for key, value in params:
             if key == "QueryLevel":
                 level = value.upper()
@@ -414,10 +431,16 @@ class _Handler(BaseHTTPRequestHandler):
                 low = value
             elif key == "max_study_date":
                 high = value
-            elif key != "IncludeFields" and value:
+            elif key == "IncludeFields":
+                fields = [name for name in value.split(",") if name]
+            elif value:
                 filters[key] = value
         if level not in ("STUDY", "SERIES", "INSTANCE"):
             return self._error(400, f"unknown QueryLevel {level!r}")
+        if fields and self.pacs.refuse_return_fields:
+            return self._error(400, "IncludeFields not supported")
+        if refused := [name for name in fields if name not in ALLOWED_INCLUDE_FIELDS[QueryLevel(level)]]:
+            return self._error(400, f"invalid IncludeFields for QueryLevel {level}: {', '.join(refused)}")
         if low or high:
             filters["StudyDate"] = f"{low}-{high}"
         studies = _mint_tree(self.pacs.matching(filters), level, filters.get("ModalitiesInStudy"))
@@ -461,11 +484,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- plumbing ---------------------------------------------------------------------------------
 
-    def _send(self, status: int, content_type: str, body: bytes, retry_after: int | None = None) -> None:
+    def _send(
+        self, status: int, content_type: str, body: bytes, retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         if retry_after is not None:
             self.send_header("Retry-After", str(retry_after))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self._write_chunked(body)
