@@ -167,9 +167,9 @@ class Config(BaseModel):
     fewer, larger read requests for files not yet in the page cache. Set through
     `/sys/class/bdi`, which needs root; 0 leaves the kernel's default."""
     listing_readahead: int = Field(default=16, ge=0)
-    """Listing a study also lists its series in the background (two searches at a time) when it
-    has no more than this many, so that opening them, `ls -lR` or a file manager counting their
-    entries does not wait one search after another; 0 turns it off."""
+    """Opening one series of a study also lists the study's other series in the background (two
+    searches at a time) when it has no more than this many, so that `ls -lR` or a file manager
+    counting their entries does not wait one search after another; 0 turns it off."""
     allow_other: bool = False
     """Let users other than the one who mounted read the filesystem (FUSE `allow_other`; a
     non-root user also needs `user_allow_other` in /etc/fuse.conf). The kernel then checks `uid`,

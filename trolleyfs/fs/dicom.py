@@ -105,14 +105,20 @@ class StudyDir(Directory):
         for name, uid in names.items():
             children[name] = self.child(SeriesDir, uid).showing(self, by_uid[uid])
         children[STUDY_SIDECAR] = self.child(GeneratedFile, STUDY_SIDECAR).generated_by(self.render_sidecar)
-        self._prefetch_series_listings([node for node in children.values() if isinstance(node, SeriesDir)])
+        self._series_prefetched = False
         return self.built(children, answer)
 
-    def _prefetch_series_listings(self, series: list[SeriesDir]) -> None:
-        """``ls -lR`` and file managers open a study's series one after the other: list them in
-        the background (two searches at a time) when there are few enough."""
-        if 0 < len(series) <= self.mount.settings.listing_readahead:
-            self.mount.trolley.prefetch_searches([node.instance_query() for node in series])
+    _series_prefetched = False
+
+    def prefetch_series_listings(self) -> None:
+        """``ls -lR`` and file managers open a study's series one after the other: once the first
+        is opened, list the others in the background (two searches at a time) when there are few
+        enough. (Listing the study alone searches nothing more.)"""
+        series = [node for node in (self.children or {}).values() if isinstance(node, SeriesDir)]
+        if self._series_prefetched or not 0 < len(series) <= self.mount.settings.listing_readahead:
+            return
+        self._series_prefetched = True
+        self.mount.trolley.prefetch_searches([node.instance_query() for node in series])
 
     def render_sidecar(self) -> bytes:
         return render_json(dicom_json(self.study.attributes))
@@ -138,6 +144,7 @@ class SeriesDir(Directory):
         return with_fields(query, self.mount.settings.naming.instance)
 
     async def entries(self) -> dict[str, Node]:
+        self.study_dir.prefetch_series_listings()
         answer = await self.mount.trolley.find_studies(self.instance_query())
         if self.up_to_date(answer):
             return self.children  # type: ignore[return-value]

@@ -123,7 +123,8 @@ class Orthanc(DicomWebEndpoints):
                 response.raise_for_status()
 
     def instances(self) -> list[dict]:
-        """Every stored instance: its Orthanc id, UIDs, PatientID, StudyDate and Modality."""
+        """Every stored instance: its Orthanc id, UIDs, PatientID, PatientName, AccessionNumber,
+        StudyDate and Modality."""
         with self._client() as client:
             result = []
             for orthanc_id in client.get("/instances").json():
@@ -132,6 +133,8 @@ class Orthanc(DicomWebEndpoints):
                     {
                         "id": orthanc_id,
                         "PatientID": tags.get("PatientID", ""),
+                        "PatientName": tags.get("PatientName", ""),
+                        "AccessionNumber": tags.get("AccessionNumber", ""),
                         "StudyInstanceUID": tags["StudyInstanceUID"],
                         "SeriesInstanceUID": tags["SeriesInstanceUID"],
                         "SOPInstanceUID": tags["SOPInstanceUID"],
