@@ -12,7 +12,7 @@ extras='.[test]'
 if [ "$mode" = runtime ]; then
     extras='.'
 else
-    apt_packages+=(orthanc orthanc-dicomweb dcmtk attr)
+    apt_packages+=(orthanc orthanc-dicomweb dcmtk attr pcmanfm xvfb xdotool)
 fi
 missing=()
 for pkg in "${apt_packages[@]}"; do

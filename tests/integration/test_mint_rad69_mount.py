@@ -76,9 +76,9 @@ def test_a_stalled_rad69_transfer_gives_eio_within_the_timeout(mount, pacs):
 
 def test_ls_lR_and_find_download_nothing(mount, pacs):
     mounted = soap_mount(mount, pacs)
-    listing = subprocess.run(["ls", "-lR", str(mounted.path)], capture_output=True, text=True, check=True)
+    listing = subprocess.run(["ls", "-lR", str(mounted.patients)], capture_output=True, text=True, check=True)
     assert listing.stdout.count(".dcm") == len(pacs.instances)
-    subprocess.run(["find", str(mounted.path), "-name", "*.dcm", "-size", "+1k"], capture_output=True, check=True)
+    subprocess.run(["find", str(mounted.patients), "-name", "*.dcm", "-size", "+1k"], capture_output=True, check=True)
     assert pacs.count("rad69") == 0 and mounted.stats()["instances_downloaded"] == 0
 
 

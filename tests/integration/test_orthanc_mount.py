@@ -84,9 +84,9 @@ def test_single_instances_are_fetched_without_read_ahead(mount, backend, orthanc
 
 def test_ls_lR_and_find_download_nothing(mount, backend, orthanc_instances):
     mounted = mount(backend.source, **backend.options)
-    listing = subprocess.run(["ls", "-lR", str(mounted.path)], capture_output=True, text=True, check=True)
+    listing = subprocess.run(["ls", "-lR", str(mounted.patients)], capture_output=True, text=True, check=True)
     assert listing.stdout.count(".dcm") == len(orthanc_instances)
-    subprocess.run(["find", str(mounted.path), "-name", "*.dcm", "-size", "+1k"], capture_output=True, check=True)
+    subprocess.run(["find", str(mounted.patients), "-name", "*.dcm", "-size", "+1k"], capture_output=True, check=True)
     for path in mounted.files()[:5]:
         os.stat(path)
     stats = mounted.stats()
