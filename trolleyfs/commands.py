@@ -61,7 +61,7 @@ def _human(size: float) -> str:
 
 
 def prefetch(paths: list[Path], out: TextIO = sys.stderr, quiet: bool = False) -> int:
-    """Read every file under ``paths`` through the mount; returns how many could not be read."""
+    """Read every instance file under ``paths`` through the mount; returns how many could not be read."""
     files = [file for path in paths for file in _files(path)]
     total = len(files)
     failed = 0
@@ -85,9 +85,10 @@ def prefetch(paths: list[Path], out: TextIO = sys.stderr, quiet: bool = False) -
 
 
 def _files(path: Path) -> Iterator[Path]:
+    """The instance files under ``path`` (the sidecars are generated, there is nothing to fetch)."""
     if path.is_dir():
         for root, _, names in sorted(os.walk(path)):
-            yield from (Path(root) / name for name in sorted(names))
+            yield from (Path(root) / name for name in sorted(names) if name.endswith(".dcm"))
     else:
         yield path
 

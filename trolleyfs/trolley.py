@@ -75,6 +75,8 @@ class Trolley:
             maxsize=4096, ttl=listing_ttl, timer=trio.current_time
         )
         self._searches: SingleFlight[Studies] = SingleFlight()
+        self._cut: cachetools.LRUCache[Query, bool] = cachetools.LRUCache(maxsize=4096)
+        """Searches whose answer was cut, each logged and counted once."""
         self._downloads: SingleFlight[CachedFile] = SingleFlight()
         self._download_limiter = trio.CapacityLimiter(parallel_downloads)
         self._read_aheads: dict[str, _ReadAhead] = {}
@@ -113,7 +115,8 @@ class Trolley:
         answer = found if isinstance(found, Studies) else Studies(found)
         if query.limit and len(answer) > query.limit:
             answer = Studies(answer[: query.limit], f"cut at its limit of {query.limit} studies")
-        if answer.truncated:
+        if answer.truncated and query not in self._cut:
+            self._cut[query] = True  # once per listing, not at every refresh of it
             self.stats["listings_truncated"] += 1
             keys = ", ".join(sorted(query.matching_keys())) or "no keys"
             log.warning("a %s-level search (%s) is incomplete: %s", query.query_level.value, keys, answer.truncated)

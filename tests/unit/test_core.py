@@ -120,6 +120,10 @@ async def test_no_name_searches_without_a_key(tmp_path, searcher):
             assert pacs.count(kind) == 0
         async with filesystem_over(pacs, tmp_path / "on", **mint) as fs:
             patients = await walk(fs, "/patients")
+            for name in ("%", "x%2Ay%3F"):  # before /patients was listed: nothing knows them, no search
+                with pytest.raises(NotFound):
+                    await fs.lookup(patients.inode, name)
+            assert pacs.count(kind) == 0
             listed = await listdir(fs, patients.inode)
             searches = pacs.count(kind)
             for pid in odd_ids:

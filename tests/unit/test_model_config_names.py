@@ -11,7 +11,8 @@ from trolleyfs.backends.http import build_url
 from trolleyfs.config import load_config, parse_size
 from trolleyfs.errors import ConfigError
 from trolleyfs.fs.settings import Naming
-from trolleyfs.fs.names import patient_dir_name, patient_id_from_name, unique_names
+from trolleyfs.fs.names import NameTemplate, patient_dir_name, patient_id_from_name, unique_names
+from trolleyfs.fs.sidecars import header_attributes
 from trolleyfs.model import Query, QueryLevel, build_studies
 
 SOURCE = "http://127.0.0.1:8042/dicom-web"
@@ -101,6 +102,23 @@ def test_descriptive_names_are_safe_and_unique():
         assert "/" not in name and "\0" not in name and name not in (".", "..") and not name.startswith(".")
     names = unique_names([("same", "2"), ("same", "1"), ("x.dcm", "3"), ("x.dcm", "4")])
     assert names == {"same": "1", "same~2": "2", "x.dcm": "3", "x~2.dcm": "4"}
+
+
+def test_naming_templates_reject_unknown_keywords_and_survive_odd_values():
+    with pytest.raises(ConfigError, match="NotAKeyword"):
+        load_config({"source": SOURCE, "series_name": "{NotAKeyword}"}, environ={})
+    with pytest.raises(ConfigError, match="naming template"):
+        load_config({"source": SOURCE, "study_name": "{StudyDate"}, environ={})
+    template = NameTemplate("{SeriesNumber:c}_{SeriesInstanceUID}")
+    assert template.name({"SeriesNumber": 10**12, "SeriesInstanceUID": "1.2"}) == "1.2"  # no OverflowError
+    assert NameTemplate("{SeriesDescription}").name({}) == "unnamed"
+
+
+def test_a_damaged_cached_header_gives_no_xattrs_not_an_error(tmp_path):
+    damaged = tmp_path / "x.dcm"
+    damaged.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff")
+    with open(damaged, "rb") as file:
+        assert header_attributes(file.fileno()) == {}
 
 
 def test_urls_keep_dicom_wildcards_raw():

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from tests.unit.helpers import all_files, filesystem_over, listdir, read_all, walk
-from trolleyfs.errors import InvalidQuery, NoAttribute, NotFound
+from trolleyfs.errors import InvalidQuery, NoAttribute, NotFound, PacsError
 from trolleyfs.fs.names import patient_dir_name
 from trolleyfs.testing.data import SampleSpec, generate
 from trolleyfs.testing.pacs import EmbeddedPacs
@@ -95,7 +95,8 @@ async def test_calendar_folders_run_no_search(pacs, tmp_path):
         assert list(await listdir(fs, (await walk(fs, "/dates/2024")).inode)) == [f"{m:02d}" for m in range(1, 13)]
         assert len(await listdir(fs, (await walk(fs, "/dates/2024/02")).inode)) == 29
         await walk(fs, "/dates/1985/06")  # outside the listed years, still reachable
-        for bad in ("/dates/24", "/dates/2024/13", "/dates/2023/02/29", "/dates/x"):
+        for bad in ("/dates/24", "/dates/2024/13", "/dates/2023/02/29", "/dates/x", "/dates/\u00b2\u00b3\u2074\u2075",
+                    "/dates/0000"):
             with pytest.raises(NotFound):
                 await walk(fs, bad)
         assert pacs.count("qido") == 0
@@ -114,6 +115,8 @@ async def test_calendar_folders_run_no_search(pacs, tmp_path):
     ("PatientID=1&PatientID=2", "given twice"),
     ("PatientName=DOE%41", "% must start"),
     ("DOE", "Key=Value"),
+    ("PatientID=X&limit=\u00b2", "whole number"),
+    ("StudyDate=\u0662\u0660\u0662\u0664\u0660\u0661\u0660\u0661", "StudyDate must be"),
 ])
 async def test_malformed_query_names_are_einval_and_never_searched(pacs, tmp_path, name, message, caplog):
     async with filesystem_over(pacs, tmp_path) as fs:
@@ -174,6 +177,8 @@ async def test_xattrs_show_searched_tags_and_the_header_once_cached(pacs, tmp_pa
         assert await fs.getxattr(node.inode, "user.dicom.Manufacturer") == str(some.header.Manufacturer).encode()
         assert await fs.getxattr(node.inode, "user.dicom.ImagePositionPatient") == b"0.0\\0.0\\" + (
             str(some.header.ImagePositionPatient[2]).encode())
+        # a person name from the header is one value, not its letters
+        assert await fs.getxattr(node.inode, "user.dicom.PatientName") == some.value("PatientName").encode()
 
 
 async def test_naming_templates_name_entries_and_uids_stay_reachable(pacs, tmp_path):
@@ -192,17 +197,36 @@ async def test_naming_templates_name_entries_and_uids_stay_reachable(pacs, tmp_p
         assert f"{int(some.value('InstanceNumber')):03}.dcm" in files
         by_uid = await fs.lookup(series_dir.inode, some.value("SOPInstanceUID") + ".dcm")
         assert await read_all(fs, by_uid.inode) == some.data
+        series_by_uid = await fs.lookup(study.inode, some.value("SeriesInstanceUID"))
+        assert series_by_uid.inode != series_dir.inode  # a folder of its own: a directory has one name
+        assert set(await listdir(fs, series_by_uid.inode)) == set(files)
+
+
+BIG_SERIES = SampleSpec(patients=(("BIG", "BIG^SERIES"),), studies_per_patient=1, series_per_study=1,
+                        instances_per_series=130, rows=8, columns=8)
 
 
 @pytest.mark.parametrize("warning", [True, False])
 async def test_a_pacs_that_caps_its_pages_is_paged_to_the_end(tmp_path, warning):
-    spec = SampleSpec(patients=(("BIG", "BIG^SERIES"),), studies_per_patient=1, series_per_study=1,
-                      instances_per_series=130, rows=8, columns=8)
-    with EmbeddedPacs(generate(spec)) as pacs:
+    with EmbeddedPacs(generate(BIG_SERIES)) as pacs:
         pacs.qido_page_cap, pacs.qido_cap_warning = 60, warning
         async with filesystem_over(pacs, tmp_path) as fs:
             assert shown_instances(await all_files(fs)) == set(pacs.instances)
             assert fs.stats()["listings_truncated"] == 0
+
+
+@pytest.mark.parametrize("cap, ignores_offset, ends_at, complete", [
+    (None, True, None, True),   # ignores offset but sent everything at once: whole
+    (60, True, None, False),    # ignores offset and caps: the same page again, cut
+    (60, False, 60, False),     # says Warning 299, then has no next page: cut
+])
+async def test_a_pacs_that_pages_wrongly_is_never_passed_off_as_whole(tmp_path, cap, ignores_offset, ends_at, complete):
+    with EmbeddedPacs(generate(BIG_SERIES)) as pacs:
+        pacs.qido_page_cap, pacs.qido_ignores_offset, pacs.qido_pages_end_at = cap, ignores_offset, ends_at
+        async with filesystem_over(pacs, tmp_path) as fs:
+            shown = shown_instances(await all_files(fs))
+            assert fs.stats()["listings_truncated"] == (0 if complete else 1)
+            assert (shown == set(pacs.instances)) == complete
 
 
 async def test_a_listing_cut_by_its_limit_says_so(pacs, tmp_path, caplog):
@@ -213,6 +237,9 @@ async def test_a_listing_cut_by_its_limit_says_so(pacs, tmp_path, caplog):
         assert fs.stats()["listings_truncated"] == 1
         assert "incomplete" in caplog.text and "limit of 2" in caplog.text
         assert "DOE" not in caplog.text and "TROLLEY-00" not in caplog.text
+        fs.trolley.forget_searches()
+        await listdir(fs, (await walk(fs, "/studies")).inode)  # searched again, cut again: counted once
+        assert fs.stats()["listings_truncated"] == 1
         await listdir(fs, (await walk(fs, "/query/PatientID=TROLLEY-001&limit=5")).inode)
         assert fs.stats()["listings_truncated"] == 1  # 2 studies, within its limit: whole
 
@@ -227,6 +254,19 @@ async def test_a_server_refusing_return_fields_still_lists(pacs, tmp_path, searc
         node = next(iter(files.values()))
         assert await read_all(fs, node.inode) == pacs.instances[node.uid].data
     assert "asking without them" in caplog.text
+
+
+@pytest.mark.parametrize("searcher", ["qido-rs", "mint"])
+async def test_a_400_for_another_reason_does_not_stop_asking_for_fields(pacs, tmp_path, searcher):
+    kind, options = searcher_options(pacs, searcher)
+    field_key = "includefield" if kind == "qido" else "IncludeFields"
+    async with filesystem_over(pacs, tmp_path, retries=0, **options) as fs:
+        pacs.faults.add(kind, "status", status=400, count=2)
+        with pytest.raises(PacsError):
+            await listdir(fs, (await walk(fs, "/query/PatientID=TROLLEY-001")).inode)
+        pacs.requests.clear()
+        await listdir(fs, (await walk(fs, "/query/PatientID=TROLLEY-002")).inode)
+        assert any(key == field_key for _, params in pacs.requests for key, _ in params)
 
 
 async def test_mint_asks_only_the_include_fields_its_level_accepts(pacs, tmp_path):

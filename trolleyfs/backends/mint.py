@@ -48,21 +48,20 @@ class Mint:
         with_fields = query.query_level not in self._fields_refused
         try:
             return await self._search(query, with_fields)
-        except PacsBadRequest as exc:
+        except PacsBadRequest:
             if not with_fields:
                 raise
-            log.warning("MINT refused the include fields asked at %s level (%s); asking without them",
-                        query.query_level.value, exc)
+            answer = await self._search(query, False)  # a 400 for another reason fails here too
+            log.warning("MINT refused the include fields asked at %s level (HTTP 400); asking without them",
+                        query.query_level.value)
             self._fields_refused.add(query.query_level)
-            return await self._search(query, False)
+            return answer
 
     async def _search(self, query: Query, with_fields: bool) -> Studies:
         url = build_url(self.url, "studies", query_parameters(query, with_fields))
         response = await self.session.get(url, ACCEPT_XML)
-        studies = parse_study_search_results(response.content, where=loggable(url))
-        # MINT has no paging: an answer as long as the limit asked may have been cut by it, which
-        # the trolley (asking one more than it needs) tells apart
-        return Studies(studies)
+        # no paging in MINT: the trolley asks one more than a limit to tell a cut answer
+        return Studies(parse_study_search_results(response.content, where=loggable(url)))
 
 
 def include_fields(query: Query) -> list[str]:

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _SILENT_CAP_MINIMUM = 50
 """A short page of at least this many results may be a server's silent cap: one more is asked."""
+_WARNING_299 = re.compile(r"\s*299\s")
 _NOT_RAW = re.compile(r"[^A-Za-z0-9._~*?^-]")
 ACCEPT_JSON = {"Accept": "application/dicom+json"}
 
@@ -41,12 +42,14 @@ class QidoRS:
         fields = [] if level in self._fields_refused else return_fields(query)
         try:
             return await self._search(query, fields)
-        except PacsBadRequest as exc:
+        except PacsBadRequest:
             if not fields:
                 raise
-            log.warning("QIDO-RS refused the return fields asked at %s level (%s); asking without them", level.value, exc)
+            answer = await self._search(query, [])  # a 400 for another reason fails here too
+            log.warning("QIDO-RS refused the return fields asked at %s level (HTTP 400); asking without them",
+                        level.value)
             self._fields_refused.add(level)
-            return await self._search(query, [])
+            return answer
 
     async def _search(self, query: Query, fields: list[str]) -> Studies:
         """Every page of the answer. A page shorter than asked ends the answer, except when the
@@ -59,13 +62,18 @@ class QidoRS:
         truncated = ""
         checking = 0  # the length of a short page whose end is being checked
         previous_first: dict | None = None
+        server_cut = False
         while not (query.limit and len(records) >= query.limit):
             wanted = min(self.page_size, query.limit - len(records)) if query.limit else self.page_size
+            cut_before = server_cut
             page, server_cut = await self._page(path, params + [("limit", str(wanted)), ("offset", str(len(records)))])
             if not page:
+                if cut_before:
+                    truncated = "the PACS said it cut its answer (Warning: 299) but gave no further page"
                 break
-            if page[0] == previous_first:
-                truncated = "the PACS answered the same page again (it ignores offset)"
+            if page[0] == previous_first:  # it ignores offset: a short page was all, a full one not
+                if not checking:
+                    truncated = "the PACS answered the same page again (it ignores offset)"
                 break
             previous_first = page[0]
             if checking:
@@ -83,7 +91,7 @@ class QidoRS:
         """One page, and whether the server said it cut it short (``Warning: 299``)."""
         url = build_url(self.url, path, params)
         response = await self.session.get(url, ACCEPT_JSON)
-        server_cut = any(value.strip().startswith("299") for value in response.headers.get_list("warning"))
+        server_cut = any(_WARNING_299.match(value) for value in response.headers.get_list("warning", split_commas=True))
         if response.status_code == 204:
             return [], server_cut
         if not response.content.strip():

@@ -41,6 +41,7 @@ STUDY_SIDECAR = "study.json"
 SERIES_SIDECAR = "series.json"
 _HEADER_ALLOWANCE = 4096
 _header_limiter = trio.CapacityLimiter(4)
+_BY_UID = "\0uid:"  # key part of a folder looked up by UID (NUL is in no name)
 PATIENT_KEYWORDS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
 
 
@@ -119,6 +120,17 @@ class StudyDir(Directory):
             return
         self._series_prefetched = True
         self.mount.trolley.prefetch_searches([node.instance_query() for node in series])
+
+    async def lookup(self, name: str) -> Node:
+        entries = await self.entries()
+        if name in entries:
+            return entries[name]
+        # a UID stays reachable whatever the naming template; a folder of its own, since one
+        # directory may not have two names
+        series = next((node for node in entries.values() if isinstance(node, SeriesDir) and node.series.uid == name), None)
+        if series is None:
+            raise NotFound(f"no such entry in inode {self.inode}")
+        return self.child(SeriesDir, _BY_UID + name).showing(self, series.series)
 
     def render_sidecar(self) -> bytes:
         return render_json(dicom_json(self.study.attributes))

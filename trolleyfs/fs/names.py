@@ -106,7 +106,7 @@ def _field_text(value: Any, keyword: str | None, spec: str | None) -> str:
     if spec:  # a format spec is for numbers: a value that is none is left out
         try:
             return _part(format(_number(value), spec))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, ArithmeticError):
             return ""
     return _part(value)
 

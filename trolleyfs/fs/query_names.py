@@ -41,7 +41,7 @@ KEYS = (
 LIMIT = "limit"
 _ESCAPES = {"%2F": "/", "%26": "&", "%25": "%"}
 _ESCAPE = re.compile(r"%(..)?")
-_DATE_RANGE = re.compile(r"(\d{8})?(-)?(\d{8})?")
+_DATE_RANGE = re.compile(r"([0-9]{8})?(-)?([0-9]{8})?")
 
 
 def parse_query_name(name: str) -> Query:
@@ -65,7 +65,7 @@ def parse_query_name(name: str) -> Query:
     fields: dict[str, object] = {}
     for key, value in values.items():
         if key == LIMIT:
-            if not value.isdigit() or int(value) < 1:
+            if not (value.isascii() and value.isdigit()) or int(value) < 1:
                 raise InvalidQuery("limit must be a whole number of at least 1")
             fields["limit"] = int(value)
         elif key == "StudyDate":

@@ -16,7 +16,7 @@ from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,16 @@ def _vr(tag: int) -> str:
 
 def _json_element(tag: int, vr: str, value: Any) -> dict[str, Any]:
     values = value if isinstance(value, list) else [value]
-    values = [item for item in values if item not in ("", None)]
-    if not values:
-        return {"vr": vr}
-    if vr == "SQ":
-        return {"vr": vr}  # searches return no sequences this filesystem shows
+    if vr == "SQ" or all(item in ("", None) for item in values):
+        return {"vr": vr}  # no value (searches return no sequences this filesystem shows)
     try:
         element = DataElement(tag, vr, values if len(values) > 1 else values[0], validation_mode=pydicom_config.IGNORE)
         return element.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1 << 30)
     except Exception:  # noqa: BLE001 - a PACS value pydicom cannot type: keep it as text
+        texts = [None if item in ("", None) else str(item) for item in values]  # empty values stay null (F.2.5)
         if vr == "PN":
-            return {"vr": vr, "Value": [{"Alphabetic": str(item)} for item in values]}
-        return {"vr": vr, "Value": [str(item) for item in values]}
+            return {"vr": vr, "Value": [None if text is None else {"Alphabetic": text} for text in texts]}
+        return {"vr": vr, "Value": texts}
 
 
 def xattr_values(attributes: Mapping[str, Any]) -> dict[str, bytes]:
@@ -88,11 +86,10 @@ def header_attributes(fd: int) -> dict[str, Any]:
     blocking, for a worker thread."""
     with os.fdopen(os.dup(fd), "rb") as file:
         try:
-            dataset = pydicom.dcmread(file, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError) as exc:
-            log.info("cannot read the header of a cached file: %s", exc)
+            return dict(_text_elements(pydicom.dcmread(file, stop_before_pixels=True)))
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on a damaged file: no xattrs then
+            log.info("cannot read the header of a cached file: %s", type(exc).__name__)
             return {}
-    return dict(_text_elements(dataset))
 
 
 def _text_elements(dataset: Dataset) -> Iterable[tuple[str, Any]]:
@@ -100,7 +97,7 @@ def _text_elements(dataset: Dataset) -> Iterable[tuple[str, Any]]:
         if element.tag.is_private or not element.keyword or element.VR not in _TEXT_VRS:
             continue
         value = element.value
-        if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
+        if isinstance(value, (MultiValue, list, tuple)):
             value = [str(item) for item in value]
         elif value is not None:
             value = str(value)

@@ -142,6 +142,12 @@ class EmbeddedPacs(DicomWebEndpoints):
         self.qido_cap_warning = True
         """Whether a page cut by ``qido_page_cap`` says so with ``Warning: 299`` (PS3.18 8.3.4.4);
         False is a server that cuts silently."""
+        self.qido_pages_end_at: int | None = None
+        """Answer no results from this offset on (a PACS that stops paging early)."""
+        self.qido_ignores_offset = False
+        """Answer every page from the first result (a PACS that ignores ``offset``)."""
+        self.requests: list[tuple[str, list[tuple[str, str]]]] = []
+        """(kind, query parameters) of every QIDO-RS and MINT request, in order."""
         self.refuse_return_fields = False
         """Answer HTTP 400 to any QIDO-RS ``includefield`` or MINT ``IncludeFields`` (a strict server)."""
         if tls is not None:
@@ -258,6 +264,9 @@ class _Handler(BaseHTTPRequestHandler):
             kind = "wado-rs"
         else:
             return self._error(404, "unknown resource")
+        if kind in ("qido", "mint"):
+            with self.pacs._lock:
+                self.pacs.requests.append((kind, params))
         corruption = self._fault_answered(kind)
         if corruption is None:
             return None
@@ -327,6 +336,10 @@ class _Handler(BaseHTTPRequestHandler):
         filters.update(path_uids)
         instances = self.pacs.matching(filters)
         records = _records(level, instances, filters.get("ModalitiesInStudy"))
+        if self.pacs.qido_ignores_offset:
+            offset = 0
+        if self.pacs.qido_pages_end_at is not None:
+            records = records if offset < self.pacs.qido_pages_end_at else []
         cap = self.pacs.qido_page_cap
         size = min(limit, cap) if limit is not None and cap else (limit if limit is not None else cap)
         page = records[offset : offset + size if size is not None else None]

@@ -26,7 +26,7 @@ class DatesRoot(Directory):
         return {f"{year:04d}": self.child(YearDir, f"{year:04d}").of(year) for year in years}
 
     async def lookup(self, name: str) -> Node:
-        if len(name) != 4 or not name.isdigit() or not datetime.MINYEAR <= int(name) <= datetime.MAXYEAR:
+        if len(name) != 4 or not (name.isascii() and name.isdigit()) or int(name) < datetime.MINYEAR:
             raise NotFound("not a year (YYYY)")
         return self.child(YearDir, name).of(int(name))
 

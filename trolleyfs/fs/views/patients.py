@@ -2,8 +2,8 @@
 
 ``/patients`` lists the patients of up to ``root_listing_limit`` studies; a patient folder is
 looked up by its PatientID directly (one search), listed or not. A PatientID that cannot be
-matched exactly (empty, or holding a wildcard) is never searched for: its folder shows what the
-``/patients`` listing holds of it.
+matched exactly (empty, or holding a wildcard) is never searched for: looking it up or listing its
+folder runs no search, and shows what the last ``/patients`` listing held of it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from trolleyfs.model import Query, Studies, Study
 
 class PatientsRoot(Directory):
     permanent = True
+    last_listing: Studies = Studies()
+    """The answer ``/patients`` was last listed from (bounded by root_listing_limit)."""
 
     async def listing(self) -> Studies:
         limit = self.mount.settings.root_listing_limit
@@ -29,6 +31,7 @@ class PatientsRoot(Directory):
         answer = await self.listing()
         if self.up_to_date(answer):
             return self.children  # type: ignore[return-value]
+        self.last_listing = answer
         patient_ids = sorted({text_of(study.attributes.get("PatientID")) for study in answer})
         return self.built(
             {patient_dir_name(pid): self.child(PatientDir, pid).of(self, pid) for pid in patient_ids}, answer
@@ -36,8 +39,10 @@ class PatientsRoot(Directory):
 
     async def lookup(self, name: str) -> Node:
         patient_id = patient_id_from_name(name)
-        if patient_id is None or not searchable(patient_id):  # only the listing knows these
-            return await super().lookup(name)
+        if patient_id is None or not searchable(patient_id):  # only a listing made before knows these
+            if self.children is None or name not in self.children:
+                raise NotFound("a patient folder that only the /patients listing can show")
+            return self.children[name]
         node = self.child(PatientDir, patient_id).of(self, patient_id)
         if not await node.entries():
             raise NotFound("no studies for that PatientID")
@@ -58,7 +63,7 @@ class PatientDir(StudiesDir):
     async def answer(self) -> Studies:
         if searchable(self.patient_id):
             return await super().answer()
-        return await self.patients.listing()
+        return self.patients.last_listing
 
     def keeps(self, study: Study) -> bool:
         return text_of(study.attributes.get("PatientID")) == self.patient_id
