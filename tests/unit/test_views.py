@@ -277,3 +277,22 @@ async def test_mint_asks_only_the_include_fields_its_level_accepts(pacs, tmp_pat
         files = await all_files(fs)
         assert shown_instances(files) == set(pacs.instances)
         assert all(node.size > 64 * 64 * 2 for node in files.values())  # sized from Rows x Columns
+
+
+async def test_a_sidecar_is_rendered_once_per_listing_not_at_every_stat(pacs, tmp_path, monkeypatch):
+    """series.json of a large series takes a while to render: stat (ls -l, find -ls, a file
+    manager) must not pay it every time, only when the listing changes."""
+    from trolleyfs.fs.dicom import SeriesDir
+
+    renders = []
+    original = SeriesDir.render_sidecar
+    monkeypatch.setattr(SeriesDir, "render_sidecar", lambda self: renders.append(1) or original(self))
+    async with filesystem_over(pacs, tmp_path) as fs:
+        some = next(iter(pacs.instances.values()))
+        study = await walk(fs, f"/studies/{some.value('StudyInstanceUID')}")
+        series = next(node for name, node in (await listdir(fs, study.inode)).items() if name != "study.json")
+        sidecar = (await listdir(fs, series.inode))["series.json"]
+        sizes = {fs.getattr(sidecar.inode).size for _ in range(5)}
+        await listdir(fs, series.inode)
+        assert len(sizes) == 1 and len(renders) == 1
+        assert len(await read_all(fs, sidecar.inode)) == sizes.pop()

@@ -187,7 +187,7 @@ class SeriesDir(Directory):
         return render_json({
             "series": dicom_json(self.series.attributes),
             "instances": [dicom_json({"SOPInstanceUID": i.uid, **i.attributes}) for i in self.instances],
-        })
+        }, indent=None)
 
     async def xattrs(self) -> dict[str, bytes]:
         return xattr_values(self.series.attributes)
