@@ -220,6 +220,10 @@ class Studies(list):  # type: ignore[type-arg]
         super().__init__(studies)
         self.truncated = truncated
 
+    def study(self, uid: str) -> Study | None:
+        """The study of this answer with StudyInstanceUID ``uid``, if any."""
+        return next((study for study in self if study.uid == uid), None)
+
 
 LISTING_FIELDS = {
     QueryLevel.STUDY: (

@@ -35,7 +35,6 @@ from trolleyfs.model import (
     Reference,
     SeriesReference,
     Studies,
-    Study,
     StudyReference,
 )
 from trolleyfs.singleflight import SingleFlight

@@ -17,7 +17,6 @@ The XML is parsed hardened (:mod:`trolleyfs.backends.safe_xml`).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 from xml.etree.ElementTree import Element
 
@@ -25,12 +24,11 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 
 from trolleyfs.backends.http import HttpSession, build_url, loggable
 from trolleyfs.backends.mint_fields import ALLOWED_INCLUDE_FIELDS
+from trolleyfs.backends.optional_fields import OptionalFields
 from trolleyfs.backends.qido_rs import return_fields
 from trolleyfs.backends.safe_xml import parse_xml
-from trolleyfs.errors import PacsBadRequest, PacsProtocolError
-from trolleyfs.model import Instance, Query, QueryLevel, Series, Studies, Study
-
-log = logging.getLogger(__name__)
+from trolleyfs.errors import PacsProtocolError
+from trolleyfs.model import Instance, Query, Series, Studies, Study
 
 NAMESPACE = "http://medical.nema.org/mint"
 _STUDY, _SERIES, _INSTANCE, _ATTR = (f"{{{NAMESPACE}}}{name}" for name in ("study", "series", "instance", "attr"))
@@ -41,21 +39,10 @@ class Mint:
     def __init__(self, session: HttpSession, url: str) -> None:
         self.session = session
         self.url = url
-        self._fields_refused: set[QueryLevel] = set()
-        """Levels at which this server refused even the listed include fields: asked without."""
+        self._optional_fields = OptionalFields("MINT")
 
     async def find_studies(self, query: Query) -> Studies:
-        with_fields = query.query_level not in self._fields_refused
-        try:
-            return await self._search(query, with_fields)
-        except PacsBadRequest:
-            if not with_fields:
-                raise
-            answer = await self._search(query, False)  # a 400 for another reason fails here too
-            log.warning("MINT refused the include fields asked at %s level (HTTP 400); asking without them",
-                        query.query_level.value)
-            self._fields_refused.add(query.query_level)
-            return answer
+        return await self._optional_fields.search(query.query_level, lambda with_fields: self._search(query, with_fields))
 
     async def _search(self, query: Query, with_fields: bool) -> Studies:
         url = build_url(self.url, "studies", query_parameters(query, with_fields))

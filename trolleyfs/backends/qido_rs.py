@@ -14,7 +14,8 @@ import re
 
 from trolleyfs.backends.dicom_json import record_from_dicom_json
 from trolleyfs.backends.http import HttpSession, build_url, loggable
-from trolleyfs.errors import PacsBadRequest, PacsProtocolError
+from trolleyfs.backends.optional_fields import OptionalFields
+from trolleyfs.errors import PacsProtocolError
 from trolleyfs.model import LISTING_FIELDS, Query, QueryLevel, Studies, build_studies
 from pydicom.datadict import tag_for_keyword
 
@@ -34,22 +35,12 @@ class QidoRS:
         self.page_size = page_size
         self._cap_known = False
         """Whether this server was seen cutting pages silently (then page_size is its cap)."""
-        self._fields_refused: set[QueryLevel] = set()
-        """Levels at which this server refused our return fields (HTTP 400): asked without them."""
+        self._optional_fields = OptionalFields("QIDO-RS")
 
     async def find_studies(self, query: Query) -> Studies:
-        level = query.query_level
-        fields = [] if level in self._fields_refused else return_fields(query)
-        try:
-            return await self._search(query, fields)
-        except PacsBadRequest:
-            if not fields:
-                raise
-            answer = await self._search(query, [])  # a 400 for another reason fails here too
-            log.warning("QIDO-RS refused the return fields asked at %s level (HTTP 400); asking without them",
-                        level.value)
-            self._fields_refused.add(level)
-            return answer
+        return await self._optional_fields.search(
+            query.query_level, lambda with_fields: self._search(query, return_fields(query) if with_fields else [])
+        )
 
     async def _search(self, query: Query, fields: list[str]) -> Studies:
         """Every page of the answer. A page shorter than asked ends the answer, except when the

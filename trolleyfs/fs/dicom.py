@@ -12,16 +12,15 @@ fills from one search.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import trio
 
-from trolleyfs.errors import CacheError, NotFound
+from trolleyfs.errors import CacheError
 from trolleyfs.fs.generated import GeneratedFile
 from trolleyfs.fs.names import NameTemplate, study_time, unique_names
 from trolleyfs.fs.nodes import Directory, File, Node, OpenFile
-from trolleyfs.fs.sidecars import dicom_json, header_attributes, render_json, xattr_values
+from trolleyfs.fs.sidecars import dicom_json, header_attributes, render_json, text_of, xattr_values
 from trolleyfs.model import (
     LISTING_FIELDS,
     UNIQUE_KEYWORDS,
@@ -74,9 +73,7 @@ class StudiesDir(Directory):
         names = unique_names([(self.study_name(study), uid) for uid, study in studies.items()])
         children: dict[str, Node] = {}
         for name, uid in names.items():
-            node = self.child(StudyDir, uid)
-            node.showing(studies[uid])
-            children[name] = node
+            children[name] = self.child(StudyDir, uid).showing(studies[uid])
         return self.built(children, answer)
 
 
@@ -97,7 +94,7 @@ class StudyDir(Directory):
         answer = await self.mount.trolley.find_studies(self.series_query())
         if self.up_to_date(answer):
             return self.children  # type: ignore[return-value]
-        study = next((study for study in answer if study.uid == self.study.uid), None)
+        study = answer.study(self.study.uid)
         series = study.series if study else []
         naming = self.mount.settings.naming.series
         names = unique_names([(naming.name(s.attributes), s.uid) for s in series], frozenset({STUDY_SIDECAR}))
@@ -121,15 +118,11 @@ class StudyDir(Directory):
         self._series_prefetched = True
         self.mount.trolley.prefetch_searches([node.instance_query() for node in series])
 
-    async def lookup(self, name: str) -> Node:
-        entries = await self.entries()
-        if name in entries:
-            return entries[name]
-        # a UID stays reachable whatever the naming template; a folder of its own, since one
-        # directory may not have two names
-        series = next((node for node in entries.values() if isinstance(node, SeriesDir) and node.series.uid == name), None)
-        if series is None:
-            raise NotFound(f"no such entry in inode {self.inode}")
+    def by_uid(self, name: str, entries: dict[str, Node]) -> Node | None:
+        series = self._by_part.get(name)
+        if not isinstance(series, SeriesDir):
+            return None
+        # a folder of its own: one directory may not have two names
         return self.child(SeriesDir, _BY_UID + name).showing(self, series.series)
 
     def render_sidecar(self) -> bytes:
@@ -160,7 +153,7 @@ class SeriesDir(Directory):
         answer = await self.mount.trolley.find_studies(self.instance_query())
         if self.up_to_date(answer):
             return self.children  # type: ignore[return-value]
-        study = next((study for study in answer if study.uid == self.study_dir.study.uid), None)
+        study = answer.study(self.study_dir.study.uid)
         series = next((s for s in study.series if s.uid == self.series.uid), None) if study else None
         self.instances = series.instances if series else []
         naming = self.mount.settings.naming.instance
@@ -172,16 +165,9 @@ class SeriesDir(Directory):
         children[SERIES_SIDECAR] = self.child(GeneratedFile, SERIES_SIDECAR).generated_by(self.render_sidecar)
         return self.built(children, answer)
 
-    async def lookup(self, name: str) -> Node:
-        entries = await self.entries()
-        if name in entries:
-            return entries[name]
-        # a UID stays reachable whatever the naming template: <SOPInstanceUID>.dcm
-        uid = name.removesuffix(".dcm")
-        found = next((node for node in entries.values() if isinstance(node, InstanceFile) and node.instance.uid == uid), None)
-        if found is None:
-            raise NotFound(f"no such entry in inode {self.inode}")
-        return found
+    def by_uid(self, name: str, entries: dict[str, Node]) -> Node | None:
+        found = self._by_part.get(name.removesuffix(".dcm"))  # <SOPInstanceUID>.dcm
+        return found if isinstance(found, InstanceFile) else None
 
     def render_sidecar(self) -> bytes:
         return render_json({
@@ -231,7 +217,7 @@ class InstanceFile(File):
             study_uid=self.series_dir.study_dir.study.uid,
             series_uid=self.series_dir.series.uid,
             instance_uid=self.uid,
-            sop_class_uid=_text(self.instance.attributes.get("SOPClassUID")),
+            sop_class_uid=text_of(self.instance.attributes.get("SOPClassUID")),
         )
 
     async def open(self) -> OpenFile:
@@ -285,12 +271,6 @@ def with_fields(query: Query, naming: NameTemplate) -> Query:
 def patient_attributes(studies: list[Study]) -> dict[str, Any]:
     first = studies[0].attributes if studies else {}
     return {keyword: first[keyword] for keyword in PATIENT_KEYWORDS if keyword in first}
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, list):
-        return "\\".join(map(str, value))
-    return "" if value is None else str(value)
 
 
 def estimated_size(attributes: dict[str, Any]) -> int:

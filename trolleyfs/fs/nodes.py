@@ -85,6 +85,8 @@ class Directory(Node):
     def __init__(self, mount: Mount, key: Key) -> None:
         super().__init__(mount, key)
         self.children: dict[str, Node] | None = None
+        self._by_part: dict[str, Node] = {}
+        """``children`` by the last part of their key, to find them again when rebuilding."""
         self._built_from: weakref.ref[Any] | None = None
 
     async def entries(self) -> dict[str, Node]:
@@ -92,9 +94,14 @@ class Directory(Node):
 
     async def lookup(self, name: str) -> Node:
         entries = await self.entries()
-        if name not in entries:
+        node = entries.get(name) or self.by_uid(name, entries)
+        if node is None:
             raise NotFound(f"no such entry in inode {self.inode}")
-        return entries[name]
+        return node
+
+    def by_uid(self, name: str, entries: dict[str, Node]) -> Node | None:
+        """An entry reached by its UID rather than its name (whatever the naming template)."""
+        return None
 
     def up_to_date(self, answer: object) -> bool:
         """Whether ``children`` were built from ``answer`` (a searcher answer, held weakly so the
@@ -103,6 +110,7 @@ class Directory(Node):
 
     def built(self, children: dict[str, Node], answer: object | None = None) -> dict[str, Node]:
         self.children = children
+        self._by_part = {child.key[-1]: child for child in children.values()}
         self._built_from = weakref.ref(answer) if answer is not None else None
         return children
 
@@ -110,15 +118,14 @@ class Directory(Node):
         """The node of kind ``kind`` at ``part`` below this directory: the one already there
         (listed before, or known to the kernel) or a new one."""
         key = (*self.key, part)
-        node = self.mount.inodes.by_key(key)
-        if node is None and self.children is not None:
-            node = next((child for child in self.children.values() if child.key == key), None)
+        node = self.mount.inodes.by_key(key) or self._by_part.get(part)
         if type(node) is not kind:
             node = kind(self.mount, key)
         return node  # type: ignore[return-value]
 
     def forgotten(self) -> None:
         self.children = None
+        self._by_part = {}
         self._built_from = None
 
 

@@ -33,7 +33,7 @@ class StudiesRoot(StudiesDir):
         if len(name) > 64 or not _UID.fullmatch(name):
             raise NotFound("not a StudyInstanceUID")
         query = with_fields(Query(StudyInstanceUID=name), self.mount.settings.naming.study)
-        study = next((study for study in await self.mount.trolley.find_studies(query) if study.uid == name), None)
+        study = (await self.mount.trolley.find_studies(query)).study(name)
         if study is None:
             raise NotFound("no study with that StudyInstanceUID")
         return self.child(StudyDir, name).showing(study)
