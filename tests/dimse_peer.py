@@ -1,5 +1,6 @@
-"""A small DIMSE peer for fault tests: pynetdicom SCP serving C-FIND and C-GET from sample files,
-with behaviours that Orthanc cannot be made to show on demand (reject, fail, hang, abort)."""
+"""A small DIMSE peer for fault tests: pynetdicom SCP serving C-FIND, C-GET and C-MOVE from sample
+files, with behaviours that Orthanc cannot be made to show on demand (reject, fail, hang, abort,
+overlapping C-MOVEs answered out of order)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pynetdicom.sop_class import (
     MRImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from trolleyfs.testing.orthanc import free_port
@@ -28,12 +30,20 @@ class FakeDimsePeer:
         self.datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
         self.port = free_port()
         self.mode = "normal"
-        """normal | reject | fail | hang | abort-after-N (C-GET sends N instances, then aborts)"""
+        """normal | reject | fail | hang | abort-after-N (C-GET sends N instances, then aborts) |
+        crossed-moves (the first C-MOVE sends its instances only after the second has sent all of its)"""
+        self.move_destination: tuple[str, int] = ("127.0.0.1", 0)
+        """Where every C-MOVE sends its instances, whatever the destination AE."""
+        self.move_arrived = threading.Semaphore(0)
+        """Released once per C-MOVE request received."""
+        self._moves = 0
+        self._second_move_done = threading.Event()
         self.gets = 0
         self.associations = 0
         self.aborted: trio.Event | None = None
         self._server = None
         self.released = threading.Event()
+        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -48,8 +58,10 @@ class FakeDimsePeer:
         ae = AE(ae_title=self.ae_title)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
         for storage in (CTImageStorage, MRImageStorage):
             ae.add_supported_context(storage, scu_role=True, scp_role=True)
+            ae.add_requested_context(storage)  # for C-MOVE's sub-operations
         if self.mode == "reject":
             ae.require_calling_aet = ["SOMEONE-ELSE"]
         self._server = ae.start_server(
@@ -58,6 +70,7 @@ class FakeDimsePeer:
             evt_handlers=[
                 (evt.EVT_C_FIND, self._find),
                 (evt.EVT_C_GET, self._get),
+                (evt.EVT_C_MOVE, self._move),
                 (evt.EVT_ACCEPTED, self._accepted),
                 (evt.EVT_ABORTED, self._on_abort),
             ],
@@ -116,3 +129,18 @@ class FakeDimsePeer:
                 event.assoc.abort()
                 return
             yield 0xFF00, ds
+
+    def _move(self, event):
+        with self._lock:
+            self._moves += 1
+            order = self._moves
+        self.move_arrived.release()
+        yield self.move_destination
+        matching = self._matching(event.identifier)
+        yield len(matching)
+        if self.mode == "crossed-moves" and order == 1:
+            self._second_move_done.wait(30)
+        for ds in matching:
+            yield 0xFF00, ds
+        if order == 2:
+            self._second_move_done.set()

@@ -107,9 +107,10 @@ def _mount(config: Config, args: argparse.Namespace) -> int:
     if args.foreground:
         _setup_logging(config.log_level)
         return run_foreground(config, mountpoint)
-    child_argv = ["mount", args.source, str(mountpoint), *(f"-o{text}" for text in args.options)]
+    command = [sys.executable, "-m", "trolleyfs", "mount", args.source, str(mountpoint), "-f",
+               *(f"-o{text}" for text in args.options)]
     try:
-        mount_in_background(child_argv, config.resolved_cache_dir / "trolleyfs.log")
+        mount_in_background(command, config.resolved_cache_dir / "trolleyfs.log", mountpoint, config.start_timeout)
     except TrolleyError as exc:
         print(f"trolleyfs: {exc}", file=sys.stderr)
         return 1

@@ -130,6 +130,11 @@ class Config(BaseModel):
     """Bytes per second an HTTP answer must at least arrive at, measured over `timeout` seconds:
     a PACS trickling slower is abandoned (EIO), so that no read can be held forever; 0 turns
     the check off. (DIMSE transfers are bounded by `dimse_timeout` and `network_timeout`.)"""
+    start_timeout: float = Field(default=60.0, gt=0)
+    """Seconds `trolleyfs mount` (without `-f`), mount(8) and fstab wait for the daemon to report
+    the mount ready; past it the daemon is stopped and the mount fails (exit status 1). The
+    start-up question to the PACS gets at most half of it: a PACS that does not answer in time
+    does not stop the mount, one that refuses us does."""
     retries: int = Field(default=2, ge=0)
     """Extra attempts after a connect error, a 429 or a 5xx answer, with exponential backoff."""
     max_connections: int = Field(default=8, ge=1)
@@ -200,6 +205,8 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _urls(self) -> Config:
+        for name in URL_OPTIONS:
+            refuse_credentials_in_url(name, getattr(self, name))
         if _scheme(self.source) not in ("http", "https", "dicom"):
             raise ValueError(f"source must be an http(s):// or dicom:// URL, not {self.source!r}")
         for name in ("qido_url", "wado_rs_url", "wado_uri_url", "mint_url", "rad69_url"):
@@ -289,6 +296,22 @@ def parse_dimse_url(url: str) -> DimseNode:
     return DimseNode(parts.username, parts.hostname, port)
 
 
+URL_OPTIONS = ("source", "qido_url", "wado_rs_url", "wado_uri_url", "mint_url", "rad69_url", "qr_url")
+
+
+def refuse_credentials_in_url(name: str, url: str) -> None:
+    """A URL with a password (or, over http(s), any user) is refused: it would show in
+    /proc/mounts, the log and the process list, and would be sent to every host the client is
+    redirected to. The message does not repeat the URL."""
+    parts = urlsplit(url)
+    has_password = parts.password is not None
+    if has_password or (parts.username is not None and parts.scheme in ("http", "https")):
+        raise ValueError(
+            f"{name} may not hold credentials (user:password@): they would be visible in /proc/mounts, "
+            "logs and the process list; put them in credentials_file=FILE (mode 0600) instead"
+        )
+
+
 def _scheme(url: str) -> str:
     return urlsplit(url).scheme if url else ""
 
@@ -358,7 +381,8 @@ def load_config(
         return Config.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in exc.errors()
+            ": ".join(filter(None, (".".join(map(str, err["loc"])), err["msg"].removeprefix("Value error, "))))
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from exc
 

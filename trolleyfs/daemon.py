@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
-import sys
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -93,7 +94,7 @@ async def _probe(searcher: Searcher, config: Config) -> None:
     """Ask the PACS one cheap question before mounting: refused credentials or AE titles fail the
     mount at once; a PACS that is merely down does not (it may come back)."""
     try:
-        with trio.fail_after(search_deadline(config)):
+        with trio.fail_after(min(search_deadline(config), config.start_timeout / 2)):
             await searcher.find_studies(PROBE_QUERY)
     except PacsRefused:
         raise
@@ -149,13 +150,14 @@ def run_foreground(config: Config, mountpoint: Path) -> int:
     return 0
 
 
-def mount_in_background(argv: list[str], log_file: Path) -> None:
-    """Start ``trolleyfs <argv> -f`` detached and wait until it reports ready; raise if it fails."""
+def mount_in_background(command: list[str], log_file: Path, mountpoint: Path, timeout: float) -> None:
+    """Start the daemon ``command`` detached and wait until it reports ready; raise if it fails,
+    or if it says nothing for ``timeout`` seconds (it is then stopped and its mount undone)."""
     read_end, write_end = os.pipe()
     log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(log_file, "ab") as log_output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "trolleyfs", *argv, "-f"],
+            command,
             env={**os.environ, READY_FD_ENV: str(write_end)},
             pass_fds=(write_end,),
             stdin=subprocess.DEVNULL,
@@ -165,8 +167,45 @@ def mount_in_background(argv: list[str], log_file: Path) -> None:
         )
     os.close(write_end)
     with os.fdopen(read_end, "rb") as ready:
-        answer = ready.read()
+        answer = _read_until_closed(ready, timeout)
+    if answer is None:
+        _stop(process, mountpoint)
+        raise TrolleyError(
+            f"mount failed: the daemon did not report ready within {timeout:g}s (start_timeout); "
+            f"it was stopped (log: {log_file})"
+        )
     if answer != READY:
         process.wait()
         reason = answer.decode(errors="replace").strip() or f"daemon exited with status {process.returncode}"
         raise TrolleyError(f"mount failed: {reason} (log: {log_file})")
+
+
+def _read_until_closed(pipe, timeout: float) -> bytes | None:  # type: ignore[no-untyped-def]
+    """What the daemon writes before closing its end of the pipe, or None after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    answer = b""
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([pipe], [], [], left)
+        if not readable:
+            break
+        chunk = os.read(pipe.fileno(), 4096)
+        if not chunk:
+            return answer
+        answer += chunk
+    return None
+
+
+def _stop(process: subprocess.Popen, mountpoint: Path) -> None:
+    """End a daemon that hangs in start-up, and the mount it may have made."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if os.path.ismount(mountpoint):
+        subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False, capture_output=True)

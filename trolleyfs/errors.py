@@ -6,6 +6,8 @@
     ├── NotFound                   ENOENT  the PACS has no such patient, study, series or instance
     ├── NoAttribute                ENODATA no extended attribute of that name
     ├── ReadOnly                   EROFS   any attempt to change the filesystem
+    ├── IsADirectory               EISDIR  opening a directory as a file
+    ├── NotADirectory              ENOTDIR listing or looking up inside a file
     ├── NeedsInstances             EIO     a downloader needs instance UIDs the reference lacks
     ├── PacsError                  EIO     the PACS failed: unreachable, timed out, garbage
     │   ├── PacsProtocolError      EIO     the PACS answered something that breaks the protocol
@@ -15,7 +17,8 @@
         └── CacheFull              ENOSPC  nothing evictable is left and the entry does not fit
 
 Foreign exceptions (httpx, pydicom, OSError from the cache directory) are translated where they
-enter, with ``raise ... from exc``; the FUSE adapter maps anything else to EIO and logs it.
+enter, with ``raise ... from exc``; the FUSE adapter maps anything else, an OSError that slipped
+through included, to EIO and logs it: a program never sees a raw errno of our own internals.
 """
 
 from __future__ import annotations
@@ -51,6 +54,14 @@ class NoAttribute(TrolleyError):
 
 class ReadOnly(TrolleyError):
     errno = errno.EROFS
+
+
+class IsADirectory(TrolleyError):
+    errno = errno.EISDIR
+
+
+class NotADirectory(TrolleyError):
+    errno = errno.ENOTDIR
 
 
 class NeedsInstances(TrolleyError):

@@ -12,12 +12,22 @@ from __future__ import annotations
 
 import datetime
 import enum
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pydicom.datadict import tag_for_keyword
+
+
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def is_uid(value: str) -> bool:
+    """Whether ``value`` has the form of a DICOM UID (PS3.5 §9.1): digits and dots, at most 64
+    characters. Components with a leading zero, which older systems produce, are accepted."""
+    return len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 class QueryLevel(str, enum.Enum):

@@ -37,6 +37,7 @@ from trolleyfs.model import (
     Studies,
     StudyReference,
 )
+from trolleyfs.outage import Outage
 from trolleyfs.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Trolley:
         self._prefetch_queue: deque[Query] = deque()
         self._prefetch_workers = 0
         self._nursery: trio.Nursery | None = None
+        self.outage = Outage()
 
     @asynccontextmanager
     async def background_work(self) -> AsyncIterator[Trolley]:
@@ -111,6 +113,7 @@ class Trolley:
                 found = await self.searcher.find_studies(asked)
         except trio.TooSlowError as exc:
             raise PacsError(f"search took longer than {self.search_deadline:g}s at {query.query_level.value} level") from exc
+        self.outage.answered()
         answer = found if isinstance(found, Studies) else Studies(found)
         if query.limit and len(answer) > query.limit:
             answer = Studies(answer[: query.limit], f"cut at its limit of {query.limit} studies")
@@ -264,6 +267,7 @@ class Trolley:
             self.stats["download_requests"] += 1
             raise
         self.stats["download_requests"] += 1
+        self.outage.answered()
 
 
 class _PublishingSink:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def trolleyfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "trolleyfs", *args], capture_output=True, text=True, timeout=timeout)
@@ -20,6 +22,24 @@ def test_a_bad_source_exits_2(tmp_path):
     result = trolleyfs("mount", "ftp://127.0.0.1/x", str(tmp_path))
     assert result.returncode == 2
     assert "http" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["trolleyfs", "mount.trolleyfs"])
+@pytest.mark.parametrize("option", ["", "qr_url=dicom://PACS:hunter2@127.0.0.1:104", "wado_uri_url=http://me:hunter2@127.0.0.1/wado"])
+def test_credentials_in_a_url_exit_2_with_one_line_naming_credentials_file(tmp_path, command, option):
+    """Security: a password in a URL would reach /proc/mounts, the log and every redirect target."""
+    source = "http://127.0.0.1:9/dicom-web" if option else "https://me:hunter2@127.0.0.1:9/dicom-web"
+    options = ["-o", option] if option else []
+    if command == "trolleyfs":
+        result = trolleyfs("mount", source, str(tmp_path), *options)
+    else:
+        result = subprocess.run([sys.executable, "-m", "trolleyfs.mount_helper", source, str(tmp_path), *options],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "credentials_file" in lines[0]
+    assert "hunter2" not in result.stderr
+    assert not (tmp_path / "cache").exists()
 
 
 def test_a_missing_mountpoint_exits_1_with_the_reason(tmp_path, fuse_available):

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.dimse_peer import FakeDimsePeer
+from tests.memory_sink import MemorySink
 
 
 def dataset_bytes(part10: bytes) -> bytes:
@@ -66,6 +67,17 @@ def test_a_failing_or_silent_c_find_gives_eio_in_time(mount, peer, mode):
             list(mounted.patients.iterdir())
         assert raised.value.errno == errno.EIO
         assert time.monotonic() - started < 10
+
+
+def test_a_silent_pacs_does_not_hold_the_mount_past_start_timeout(mount, peer):
+    """The start-up question to the PACS gets half of start_timeout: with timeout=30 a silent
+    PACS would hold it for minutes (the search bound), and mount(8) with it."""
+    peer.mode = "hang"
+    with peer:
+        started = time.monotonic()
+        mounted = mount(peer.url, timeout=30, start_timeout=6, ready_timeout=20)
+        assert time.monotonic() - started < 15
+        assert "mounting anyway" in mounted.log_text()
 
 
 def test_a_failure_status_of_c_get_gives_eio_then_recovers(mount, pacs, peer):
@@ -136,3 +148,45 @@ async def test_a_cancelled_search_aborts_its_association(peer):
         assert scope.cancelled_caught
         with trio.fail_after(10):
             await peer.aborted.wait()
+
+
+async def test_overlapping_c_moves_each_get_their_own_instances(peer):
+    """Security: the results of a C-MOVE are routed by its message ID, not by which waiting move
+    wants a UID first. A study move and a move of one of its series overlap, and the PACS sends
+    the series first: each must still get exactly its own instances."""
+    import trio
+
+    from trolleyfs.backends.dimse import DimsePeer
+    from trolleyfs.backends.dimse_retrieve import CMove, StorageSCP
+    from trolleyfs.config import parse_dimse_url
+    from trolleyfs.model import SeriesReference, StudyReference
+    from trolleyfs.testing.orthanc import free_port
+
+    peer.mode = "crossed-moves"
+    study_uid = str(peer.datasets[0].StudyInstanceUID)
+    series_uid = str(peer.datasets[0].SeriesInstanceUID)
+    in_study = {str(ds.SOPInstanceUID) for ds in peer.datasets if ds.StudyInstanceUID == study_uid}
+    in_series = {str(ds.SOPInstanceUID) for ds in peer.datasets if ds.SeriesInstanceUID == series_uid}
+    assert in_series < in_study
+    port = free_port()
+    peer.move_destination = ("127.0.0.1", port)
+    with peer:
+        dimse = DimsePeer(parse_dimse_url(peer.url), calling_aet="TROLLEY", acse_timeout=5, dimse_timeout=30,
+                          network_timeout=30)
+        scp = StorageSCP("TROLLEY", "127.0.0.1", port, dimse)
+        scp.start()
+        try:
+            move = CMove(dimse, scp)
+            study_sink, series_sink = MemorySink(), MemorySink()
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(move.fetch, StudyReference(study_uid=study_uid), study_sink)
+                    await trio.to_thread.run_sync(peer.move_arrived.acquire)
+                    nursery.start_soon(
+                        move.fetch, SeriesReference(study_uid=study_uid, series_uid=series_uid), series_sink
+                    )
+        finally:
+            scp.stop()
+            dimse.close()
+    assert series_sink.uids == in_series
+    assert study_sink.uids == in_study

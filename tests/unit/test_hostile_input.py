@@ -3,19 +3,27 @@ not UIDs. None may escape the cache directory, crash the core, or give two entri
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import io
 import time
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from pydicom import config as pydicom_config
 
+from trolleyfs.backends.http import HttpSession
+from trolleyfs.backends.qido_rs import QidoRS
+from trolleyfs.backends.rad69 import Rad69
+from trolleyfs.backends.wado_rs import WadoRS
+from trolleyfs.backends.wado_uri import WadoURI
 from trolleyfs.cache import InstanceCache
+from trolleyfs.errors import PacsProtocolError, TrolleyError
 from trolleyfs.fs.core import FileSystem
 from trolleyfs.fs.nodes import ROOT_INODE
-from trolleyfs.model import Query, QueryLevel, Study, build_studies
+from trolleyfs.model import InstanceReference, Query, QueryLevel, Study, build_studies
 from trolleyfs.testing.data import SampleSpec, generate
 from trolleyfs.trolley import Trolley
 
@@ -139,3 +147,49 @@ async def test_a_uid_that_is_a_path_never_leaves_the_cache_directory(tmp_path):
 @pytest.mark.parametrize("level", list(QueryLevel))
 def test_records_without_uids_are_ignored_not_fatal(level):
     assert build_studies([{"PatientID": "X"}, {"StudyInstanceUID": ""}], level) == []
+
+
+HOSTILE_UIDS = ["1.2/../../patients", "1.2?requestType=x", "1.2#frag", "..", "1.2.3 ", "1.2.%2F", "1." + "1" * 70]
+
+
+def _recording_session(requested: list[str]) -> HttpSession:
+    def answer(request: httpx.Request) -> httpx.Response:
+        requested.append(str(request.url))
+        return httpx.Response(404)
+
+    return HttpSession(timeout=5, retries=0, max_connections=1, transport=httpx.MockTransport(answer))
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_UIDS)
+@pytest.mark.parametrize("downloader", ["wado-rs", "wado-uri", "rad69"])
+async def test_a_value_that_is_not_a_uid_never_reaches_a_request(downloader, hostile):
+    """Security: UIDs come from the PACS; one holding ``/``, ``?``, ``#`` or ``..`` must not steer
+    the request somewhere else. It is refused (EIO) before anything is sent."""
+    requested: list[str] = []
+    session = _recording_session(requested)
+    backend = {
+        "wado-rs": lambda: WadoRS(session, "http://pacs.invalid/dicom-web"),
+        "wado-uri": lambda: WadoURI(session, "http://pacs.invalid/wado"),
+        "rad69": lambda: Rad69(session, "http://pacs.invalid/rad69", "1.3.6.1.4.1000"),
+    }[downloader]()
+    for reference in (
+        InstanceReference(study_uid=hostile, series_uid="1.2", instance_uid="1.2.3"),
+        InstanceReference(study_uid="1.2", series_uid=hostile, instance_uid="1.2.3"),
+        InstanceReference(study_uid="1.2", series_uid="1.2.4", instance_uid=hostile),
+    ):
+        with pytest.raises(PacsProtocolError) as raised:
+            await backend.fetch(reference, sink=None)
+        assert raised.value.errno == errno.EIO
+    await session.aclose()
+    assert requested == []
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_UIDS)
+async def test_qido_puts_a_value_that_is_not_a_uid_in_the_query_string_not_the_path(hostile):
+    requested: list[str] = []
+    session = _recording_session(requested)
+    query = Query(StudyInstanceUID=hostile, SeriesInstanceUID="1.2", query_level=QueryLevel.INSTANCE)
+    with pytest.raises(TrolleyError):
+        await QidoRS(session, "http://pacs.invalid/dicom-web").find_studies(query)
+    await session.aclose()
+    assert requested and all(httpx.URL(url).path == "/dicom-web/instances" for url in requested)

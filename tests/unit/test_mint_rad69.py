@@ -4,10 +4,10 @@ and IHE RAD TF-3, and both backends against the embedded PACS through the filesy
 from __future__ import annotations
 
 import time
-from contextlib import asynccontextmanager
 
 import pytest
 
+from tests.memory_sink import MemorySink
 from tests.unit.helpers import all_files, filesystem_over, read_all
 from trolleyfs.backends.mint import parse_study_search_results
 from trolleyfs.backends.rad69 import _stream_mtom, parse_envelope
@@ -92,22 +92,6 @@ def test_rad69_envelope_maps_content_ids_to_documents_and_reads_registry_errors(
     envelope = parse_envelope(ENVELOPE.encode())
     assert envelope.documents == {"first@example": "1.9.1", "second@example": "1.9.2"}  # cid: is URL-decoded
     assert envelope.errors == ["XDSMissingDocument (1.9.3): Unable to locate SOP"]
-
-
-class MemorySink:
-    def __init__(self) -> None:
-        self.files: dict[str | None, bytes] = {}
-
-    @asynccontextmanager
-    async def receive(self, expected_uid=None):
-        chunks: list[bytes] = []
-
-        class Writer:
-            async def write(self, chunk: bytes) -> None:
-                chunks.append(chunk)
-
-        yield Writer()
-        self.files[expected_uid] = b"".join(chunks)
 
 
 def mtom(parts: list[tuple[str, bytes]], line_end: bytes = b"\r\n") -> bytes:

@@ -189,8 +189,9 @@ def status_category(status: Dataset | None, operation: str) -> tuple[int, str]:
 
 
 def failure(status: Dataset, operation: str, code: int) -> PacsError:
-    comment = status.get("ErrorComment", "")
-    return PacsError(f"{operation} failed with status 0x{code:04X}{f': {comment}' if comment else ''}")
+    if comment := status.get("ErrorComment", ""):  # it may quote our identifier: only DEBUG carries it
+        log.debug("%s: status 0x%04X: %s", operation, code, comment)
+    return PacsError(f"{operation} failed with status 0x{code:04X}")
 
 
 def record_from_identifier(identifier: Dataset) -> dict[str, Any]:

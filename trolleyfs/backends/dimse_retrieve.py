@@ -10,8 +10,10 @@ slows the peer down instead of filling memory.
   common transfer syntaxes as separate contexts so the peer need not transcode, plus a default
   set of storage classes with the uncompressed syntaxes.
 - :class:`CMove` asks the peer to send to ``move_aet``; :class:`StorageSCP` listens for the life
-  of the mount and routes each arriving instance to the C-MOVE waiting for it (several may be in
-  flight), refusing instances nobody asked for.
+  of the mount and routes each arriving instance to the C-MOVE it belongs to by the Move
+  Originator Message ID of its C-STORE (each C-MOVE in flight has its own message ID, so
+  overlapping moves of one study are never mixed up), refusing instances nobody asked for. A PACS
+  that leaves the ID out gets its instances routed to the oldest C-MOVE asking for them.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ _MAX_CONTEXTS = 127  # 128 presentation contexts at most, one of them for the re
 _STATUS_SUCCESS = 0x0000
 _STATUS_OUT_OF_RESOURCES = 0xA700
 _STATUS_CANNOT_UNDERSTAND = 0xC000
+_MAX_MESSAGE_ID = 0xFFFF
 
 
 def retrieve_identifier(reference: Reference) -> Dataset:
@@ -209,7 +212,9 @@ class StorageSCP:
         self.ae_title = ae_title
         self.address = (host, port)
         self._peer = peer
-        self._routes: list[_Route] = []
+        self._routes: dict[int, _Route] = {}
+        """The C-MOVEs in flight, by their message ID."""
+        self._last_id = 0
         self._lock = threading.Lock()
         self._server = None
 
@@ -231,15 +236,24 @@ class StorageSCP:
             self._server.shutdown()
             self._server = None
 
-    def expect(self, route: _Route) -> Callable[[], None]:
+    def expect(self, route: _Route) -> tuple[int, Callable[[], None]]:
+        """Register a C-MOVE about to be sent: (the message ID to send it with, a callable to
+        call when it has ended)."""
         with self._lock:
-            self._routes.append(route)
+            for _ in range(_MAX_MESSAGE_ID):
+                self._last_id = self._last_id % _MAX_MESSAGE_ID + 1
+                if self._last_id not in self._routes:
+                    break
+            else:
+                raise PacsError(f"{_MAX_MESSAGE_ID} C-MOVEs in flight at once")
+            message_id = self._last_id
+            self._routes[message_id] = route
 
         def done() -> None:
             with self._lock:
-                self._routes.remove(route)
+                del self._routes[message_id]
 
-        return done
+        return message_id, done
 
     def _on_store(self, event: Event) -> int:
         dataset = event.dataset
@@ -248,9 +262,13 @@ class StorageSCP:
             str(dataset.get("SeriesInstanceUID", "")),
             str(dataset.get("SOPInstanceUID", "")),
         )
+        originator = event.request.MoveOriginatorMessageID
         with self._lock:
-            route = next((r for r in self._routes if r.wants(*uids)), None)
-        if route is None:
+            if originator is not None:
+                route = self._routes.get(int(originator))
+            else:
+                route = next((r for r in self._routes.values() if r.wants(*uids)), None)
+        if route is None or not route.wants(*uids):
             log.warning("refusing an instance nobody asked for: %s from %s", uids[2], event.assoc.requestor.ae_title)
             return _STATUS_CANNOT_UNDERSTAND
         return route.receiver.store(event)
@@ -264,14 +282,17 @@ class CMove:
     async def fetch(self, reference: Reference, sink: InstanceSink) -> None:
         receiver = _Receiver(sink, reference.instance_uid if isinstance(reference, InstanceReference) else None)
         operation = f"C-MOVE {_describe(reference)} from {self.peer} to {self.scp.ae_title}"
-        done = self.scp.expect(_Route(reference, receiver))
+        message_id, done = self.scp.expect(_Route(reference, receiver))
         try:
             await self.peer.run(
                 [build_context(StudyRootQueryRetrieveInformationModelMove)],
                 lambda association: run_retrieve(
                     association,
                     association.send_c_move(
-                        retrieve_identifier(reference), self.scp.ae_title, StudyRootQueryRetrieveInformationModelMove
+                        retrieve_identifier(reference),
+                        self.scp.ae_title,
+                        StudyRootQueryRetrieveInformationModelMove,
+                        msg_id=message_id,
                     ),
                     operation,
                     receiver,

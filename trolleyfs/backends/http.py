@@ -22,6 +22,7 @@ import httpx
 import trio
 
 from trolleyfs.errors import NotFound, PacsBadRequest, PacsError, PacsProtocolError, PacsRefused
+from trolleyfs.model import is_uid
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,14 @@ def build_url(base: str, path: str = "", params: Iterable[tuple[str, str]] = ())
         f"{quote(key, safe='')}={quote(str(value), safe=_RAW_QUERY_CHARACTERS)}" for key, value in params
     )
     return f"{url}?{query}" if query else url
+
+
+def checked_uid(uid: str) -> str:
+    """``uid`` itself when it is a DICOM UID. Anything else from a PACS (``/``, ``?``, ``#``, ``..``)
+    is refused before it reaches a URL path, a query string or a request body."""
+    if not is_uid(uid):
+        raise PacsProtocolError("the PACS named something by a value that is not a DICOM UID; refused")
+    return uid
 
 
 def loggable(url: str) -> str:
@@ -125,11 +134,13 @@ class HttpSession:
                 return response
             body = await _short_body(response)
             await response.aclose()
+            # the body may echo what we asked, patient names included: only DEBUG carries it
+            log.debug("%s %s: HTTP %d: %s", method, loggable(url), response.status_code, body)
             if response.status_code in RETRY_STATUSES and not last_attempt:
                 log.info("%s %s: HTTP %d; retrying", method, loggable(url), response.status_code)
                 await trio.sleep(self._delay(attempt, response.headers.get("Retry-After")))
                 continue
-            message = f"{method} {loggable(url)}: HTTP {response.status_code} {body}".rstrip()
+            message = f"{method} {loggable(url)}: HTTP {response.status_code}"
             if response.status_code == 404:
                 raise NotFound(message)
             if response.status_code in (401, 403):

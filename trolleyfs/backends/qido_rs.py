@@ -16,7 +16,7 @@ from trolleyfs.backends.dicom_json import record_from_dicom_json
 from trolleyfs.backends.http import HttpSession, build_url, loggable
 from trolleyfs.backends.optional_fields import OptionalFields
 from trolleyfs.errors import PacsProtocolError
-from trolleyfs.model import LISTING_FIELDS, Query, QueryLevel, Studies, build_studies
+from trolleyfs.model import LISTING_FIELDS, Query, QueryLevel, Studies, build_studies, is_uid
 from pydicom.datadict import tag_for_keyword
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,8 @@ class QidoRS:
 def _resource(query: Query) -> tuple[str, set[str]]:
     """The QIDO-RS resource path for ``query`` and the keys that path already expresses."""
     study, series = query.StudyInstanceUID, query.SeriesInstanceUID
-    hierarchical_study = study and "*" not in study and "?" not in study
-    hierarchical_series = hierarchical_study and series and "*" not in series and "?" not in series
+    hierarchical_study = is_uid(study)  # anything else (a wildcard, a hostile value) goes in the query string
+    hierarchical_series = hierarchical_study and is_uid(series)
     if query.query_level is QueryLevel.STUDY:
         return "studies", set()
     if query.query_level is QueryLevel.SERIES:

@@ -24,7 +24,7 @@ from xml.etree.ElementTree import Element
 
 from trolleyfs.backends.base import InstanceSink, store, store_bytes
 from trolleyfs.backends.dimse_retrieve import COMMON
-from trolleyfs.backends.http import HttpSession, loggable
+from trolleyfs.backends.http import HttpSession, checked_uid, loggable
 from trolleyfs.backends.multipart import MultipartReader, boundary_of
 from trolleyfs.backends.safe_xml import parse_xml
 from trolleyfs.errors import NeedsInstances, PacsError, PacsProtocolError
@@ -74,7 +74,9 @@ class Rad69:
             await self._retrieve(reference.study_uid, reference.series_uid, batch, sink)
 
     async def _retrieve(self, study_uid: str, series_uid: str, uids: list[str], sink: InstanceSink) -> None:
-        body = request_envelope(self.url, self.repository_id, study_uid, series_uid, uids)
+        body = request_envelope(
+            self.url, self.repository_id, checked_uid(study_uid), checked_uid(series_uid), [checked_uid(u) for u in uids]
+        )
         headers = {
             "Content-Type": f'application/soap+xml; charset=utf-8; action="{ACTION}"',
             "Accept": "multipart/related, application/soap+xml",

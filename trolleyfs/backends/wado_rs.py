@@ -7,7 +7,7 @@ the sink, so a series never sits in memory.
 from __future__ import annotations
 
 from trolleyfs.backends.base import InstanceSink, store
-from trolleyfs.backends.http import HttpSession, build_url
+from trolleyfs.backends.http import HttpSession, build_url, checked_uid
 from trolleyfs.backends.multipart import MultipartReader, boundary_of
 from trolleyfs.errors import PacsProtocolError
 from trolleyfs.model import InstanceReference, Reference, SeriesReference
@@ -42,9 +42,9 @@ class WadoRS:
 
 
 def _path(reference: Reference) -> str:
-    path = f"studies/{reference.study_uid}"
+    path = f"studies/{checked_uid(reference.study_uid)}"
     if isinstance(reference, (SeriesReference, InstanceReference)):
-        path += f"/series/{reference.series_uid}"
+        path += f"/series/{checked_uid(reference.series_uid)}"
     if isinstance(reference, InstanceReference):
-        path += f"/instances/{reference.instance_uid}"
+        path += f"/instances/{checked_uid(reference.instance_uid)}"
     return path

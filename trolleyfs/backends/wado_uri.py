@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trolleyfs.backends.base import InstanceSink, store
-from trolleyfs.backends.http import HttpSession, build_url
+from trolleyfs.backends.http import HttpSession, build_url, checked_uid
 from trolleyfs.errors import NeedsInstances, PacsProtocolError
 from trolleyfs.model import InstanceReference, Reference
 
@@ -20,9 +20,9 @@ class WadoURI:
             self.url,
             params=[
                 ("requestType", "WADO"),
-                ("studyUID", reference.study_uid),
-                ("seriesUID", reference.series_uid),
-                ("objectUID", reference.instance_uid),
+                ("studyUID", checked_uid(reference.study_uid)),
+                ("seriesUID", checked_uid(reference.series_uid)),
+                ("objectUID", checked_uid(reference.instance_uid)),
                 ("contentType", "application/dicom"),
             ],
         )

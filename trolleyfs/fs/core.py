@@ -21,7 +21,9 @@ from typing import Any
 
 import trio
 
-from trolleyfs.errors import NoAttribute, NotFound, ReadOnly
+from trolleyfs.errors import (
+    IsADirectory, NoAttribute, NotADirectory, NotFound, PacsError, PacsRefused, ReadOnly, TrolleyError,
+)
 from trolleyfs.fs.generated import GeneratedFile
 from trolleyfs.fs.nodes import ROOT_INODE, Directory, File, Mount, Node, OpenFile
 from trolleyfs.fs.settings import FsSettings
@@ -86,7 +88,7 @@ class FileSystem:
     def _directory(self, inode: int) -> Directory:
         node = self.getattr(inode)
         if not isinstance(node, Directory):
-            raise NotFound(f"inode {inode} is not a directory")
+            raise NotADirectory(f"inode {inode} is not a directory")
         return node
 
     # --- directories ---------------------------------------------------------------------------
@@ -123,7 +125,7 @@ class FileSystem:
             raise ReadOnly("trolleyfs is read-only")
         node = self.getattr(inode)
         if not isinstance(node, File):
-            raise NotFound(f"inode {inode} is not a file")
+            raise IsADirectory(f"inode {inode} is a directory")
         opened = await node.open()
         handle = next(self._handles)
         self._open_files[handle] = opened
@@ -158,6 +160,15 @@ class FileSystem:
         return values[name]
 
     # --- the stats file ------------------------------------------------------------------------
+
+    def log_level_of(self, error: TrolleyError) -> int:
+        """How loud a failed call is: a plain "no such name" at DEBUG; a failing PACS at WARNING
+        once per outage (see trolleyfs.outage); anything else at WARNING."""
+        if error.errno in (errno.ENOENT, errno.ENODATA):
+            return logging.DEBUG
+        if isinstance(error, PacsError) and not isinstance(error, PacsRefused):
+            return self.trolley.outage.failed()
+        return logging.WARNING
 
     def count_error(self, errno_value: int) -> None:
         """Note an error returned to a program (ENOENT, a plain "no such name", is not one)."""

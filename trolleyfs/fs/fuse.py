@@ -1,8 +1,9 @@
 """The pyfuse3 adapter: links kernel requests to :class:`~trolleyfs.fs.core.FileSystem`.
 
-This is the one errno boundary. A TrolleyError becomes ``FUSEError(its errno)`` (an expected
-ENOENT is logged at DEBUG, others at WARNING); an OSError keeps its errno; anything else is logged
-with its traceback and becomes EIO, so that no exception can end the mount.
+This is the one errno boundary. A TrolleyError becomes ``FUSEError(its errno)``, logged at the
+level the core gives it (an expected ENOENT at DEBUG, a failing PACS once per outage); an OSError
+of our own internals becomes EIO with a log line, not its raw errno; anything else is logged with
+its traceback and becomes EIO, so that no exception can end the mount.
 """
 
 from __future__ import annotations
@@ -33,12 +34,11 @@ def errno_boundary(handler: F) -> F:
         except pyfuse3.FUSEError:
             raise
         except TrolleyError as exc:
-            level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.ENODATA) else logging.WARNING
-            log.log(level, "%s: %s", handler.__name__, exc)
+            log.log(self.fs.log_level_of(exc), "%s: %s", handler.__name__, exc)
             failed = exc.errno
-        except OSError as exc:
-            log.warning("%s: %s", handler.__name__, exc)
-            failed = exc.errno or errno.EIO
+        except OSError as exc:  # our own internals (the cache directory): no raw errno leaks out
+            log.warning("%s: internal error, answered EIO: %s", handler.__name__, exc)
+            failed = errno.EIO
         except Exception:
             log.exception("%s failed unexpectedly", handler.__name__)
             failed = errno.EIO

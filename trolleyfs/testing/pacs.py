@@ -29,6 +29,7 @@ import socket
 import ssl
 import struct
 import threading
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -297,6 +298,8 @@ class _Handler(BaseHTTPRequestHandler):
         xml_type = "application/soap+xml" if kind == "rad69" else "application/xml"
         if fault.action == "status":
             self._error(fault.status, "injected fault", fault.retry_after)
+        elif fault.action == "echo":  # as servers do: "invalid value PatientName=DOE^JOHN"
+            self._error(fault.status, f"cannot answer {urllib.parse.unquote(self.path)}")
         elif fault.action == "hang":
             self.pacs.faults.released.wait(120)
             self.close_connection = True

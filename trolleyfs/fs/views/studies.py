@@ -6,15 +6,11 @@ shows up to ``root_listing_limit`` studies, each named by its UID alone.
 
 from __future__ import annotations
 
-import re
-
 from trolleyfs.errors import NotFound
 from trolleyfs.fs.dicom import StudiesDir, StudyDir, with_fields
 from trolleyfs.fs.names import uid_name
 from trolleyfs.fs.nodes import Node
-from trolleyfs.model import Query, Study
-
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+from trolleyfs.model import Query, Study, is_uid
 
 
 class StudiesRoot(StudiesDir):
@@ -30,7 +26,7 @@ class StudiesRoot(StudiesDir):
     async def lookup(self, name: str) -> Node:
         if self.children is not None and name in self.children:
             return self.children[name]
-        if len(name) > 64 or not _UID.fullmatch(name):
+        if not is_uid(name):
             raise NotFound("not a StudyInstanceUID")
         query = with_fields(Query(StudyInstanceUID=name), self.mount.settings.naming.study)
         study = (await self.mount.trolley.find_studies(query)).study(name)

@@ -1,0 +1,30 @@
+"""An InstanceSink that keeps what it is given in memory, for tests of a single backend."""
+
+from __future__ import annotations
+
+import io
+from contextlib import asynccontextmanager
+
+import pydicom
+
+
+class MemorySink:
+    def __init__(self) -> None:
+        self.files: dict[str | None, bytes] = {}
+        """What arrived, by the UID the backend said it expected (None when it named none)."""
+        self.uids: set[str] = set()
+        """The SOPInstanceUIDs of the instances that arrived (when they are DICOM)."""
+
+    @asynccontextmanager
+    async def receive(self, expected_uid=None):
+        chunks: list[bytes] = []
+
+        class Writer:
+            async def write(self, chunk: bytes) -> None:
+                chunks.append(chunk)
+
+        yield Writer()
+        data = b"".join(chunks)
+        self.files[expected_uid] = data
+        if data[128:132] == b"DICM":
+            self.uids.add(str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID))
