@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from trolleyfs.config import join_mount_options
 from trolleyfs.daemon import READY, READY_FD_ENV
 
 
@@ -64,7 +65,7 @@ class MountFactory:
         path.mkdir()
         log = self.tmp_path / f"daemon{index}.log"
         options = {"cache_dir": self.cache_dir, "log_level": "DEBUG", **options}
-        option_text = ",".join(f"{key}={value}" for key, value in options.items())
+        option_text = join_mount_options(options)
         read_end, write_end = os.pipe()
         with open(log, "ab") as output:
             process = subprocess.Popen(

@@ -113,9 +113,23 @@ class Config(BaseModel):
     never from the command line or the config file."""
     token: str = Field(default="", repr=False)
     """HTTP bearer token, instead of basic auth. A secret, like `password`."""
+    token_command: str = ""
+    """A command that prints a bearer token (e.g. `gcloud auth print-access-token`), run without a
+    shell; it is run again when a server answers 401, and before the token expires when it prints
+    JSON with `access_token` and `expires_in` (seconds). Instead of `token`."""
+    oauth2_token_url: str = ""
+    """OAuth2 token endpoint (e.g. Keycloak's `.../protocol/openid-connect/token`): bearer tokens
+    are obtained with the client credentials grant, `client_id` and `client_secret` from
+    `credentials_file`, and renewed before they expire and on a 401."""
+    oauth2_scope: str = ""
+    """Scope asked for with `oauth2_token_url`; empty asks for none."""
+    client_id: str = ""
+    """OAuth2 client id for `oauth2_token_url`."""
+    client_secret: str = Field(default="", repr=False)
+    """OAuth2 client secret for `oauth2_token_url`. A secret, like `password`."""
     credentials_file: Path | None = None
-    """TOML file with `username` and `password`, or `token`; it must not be readable by group or
-    others (mode 0600), or the mount is refused."""
+    """TOML file with `username` and `password`, or `token`, or `client_id` and `client_secret`; it
+    must not be readable by group or others (mode 0600), or the mount is refused."""
     ca_bundle: Path | None = None
     """PEM file of the certificate authorities to trust for https:// (default: the system's)."""
     client_cert: Path | None = None
@@ -209,7 +223,14 @@ class Config(BaseModel):
             refuse_credentials_in_url(name, getattr(self, name))
         if _scheme(self.source) not in ("http", "https", "dicom"):
             raise ValueError(f"source must be an http(s):// or dicom:// URL, not {self.source!r}")
-        for name in ("qido_url", "wado_rs_url", "wado_uri_url", "mint_url", "rad69_url"):
+        ways = [name for name in ("username", "token", "token_command", "oauth2_token_url") if getattr(self, name)]
+        if len(ways) > 1:
+            raise ValueError(f"authenticate one way only, not with {' and '.join(ways)}")
+        if self.oauth2_token_url and not (self.client_id and self.client_secret):
+            raise ValueError("oauth2_token_url needs client_id and client_secret (in credentials_file)")
+        if self.token_command and not self.token_command.strip():
+            raise ValueError("token_command is empty")
+        for name in ("qido_url", "wado_rs_url", "wado_uri_url", "mint_url", "rad69_url", "oauth2_token_url"):
             value = getattr(self, name)
             if value and _scheme(value) not in ("http", "https"):
                 raise ValueError(f"{name} must be an http:// or https:// URL, not {value!r}")
@@ -296,7 +317,7 @@ def parse_dimse_url(url: str) -> DimseNode:
     return DimseNode(parts.username, parts.hostname, port)
 
 
-URL_OPTIONS = ("source", "qido_url", "wado_rs_url", "wado_uri_url", "mint_url", "rad69_url", "qr_url")
+URL_OPTIONS = ("source", "qido_url", "wado_rs_url", "wado_uri_url", "mint_url", "rad69_url", "qr_url", "oauth2_token_url")
 
 
 def refuse_credentials_in_url(name: str, url: str) -> None:
@@ -317,12 +338,19 @@ def _scheme(url: str) -> str:
 
 
 def parse_mount_options(text: str) -> dict[str, str]:
-    """``a=1,b=2`` -> {'a': '1', 'b': '2'}; a bare ``flag`` means ``flag=true``."""
+    """``a=1,b=2`` -> {'a': '1', 'b': '2'}; a bare ``flag`` means ``flag=true``; ``\\,`` is a
+    comma inside a value (as libfuse's option parser has it)."""
     options: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    items = [part.replace("\0", ",") for part in text.replace("\\,", "\0").split(",")]
+    for item in filter(None, (part.strip() for part in items)):
         key, sep, value = item.partition("=")
         options[key.strip()] = value if sep else "true"
     return options
+
+
+def join_mount_options(options: Mapping[str, object]) -> str:
+    """The inverse of :func:`parse_mount_options`."""
+    return ",".join(f"{key}={str(value).replace(',', chr(92) + ',')}" for key, value in options.items())
 
 
 def options_from_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -334,11 +362,12 @@ def options_from_environment(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-SECRET_OPTIONS = frozenset({"password", "token"})
+SECRET_OPTIONS = frozenset({"password", "token", "client_secret"})
+CREDENTIAL_KEYS = ("username", "password", "token", "client_id", "client_secret")
 
 
 def read_credentials(path: Path) -> dict[str, str]:
-    """`username`/`password` or `token` from a TOML file that only its owner can read."""
+    """The credentials (CREDENTIAL_KEYS) in a TOML file that only its owner can read."""
     try:
         mode = path.stat().st_mode
         if mode & 0o077:
@@ -348,9 +377,9 @@ def read_credentials(path: Path) -> dict[str, str]:
         values = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read credentials file {path}: {exc}") from exc
-    unknown = sorted(set(values) - {"username", "password", "token"})
+    unknown = sorted(set(values) - set(CREDENTIAL_KEYS))
     if unknown:
-        raise ConfigError(f"credentials file {path} may hold username, password, token only, not {', '.join(unknown)}")
+        raise ConfigError(f"credentials file {path} may hold {', '.join(CREDENTIAL_KEYS)} only, not {', '.join(unknown)}")
     return {key: str(value) for key, value in values.items()}
 
 
@@ -372,7 +401,8 @@ def load_config(
         if leaked := sorted(SECRET_OPTIONS & values.keys()):
             raise ConfigError(
                 f"{', '.join(leaked)} may not be given on {source_name} (it would be visible to others); "
-                "use credentials_file=FILE (mode 0600) or the environment (TROLLEYFS_PASSWORD, TROLLEYFS_TOKEN)"
+                "use credentials_file=FILE (mode 0600) or the environment (TROLLEYFS_PASSWORD, TROLLEYFS_TOKEN, "
+                "TROLLEYFS_CLIENT_SECRET)"
             )
     credentials_file = cli.get("credentials_file") or from_file.get("credentials_file") or env.get("credentials_file")
     secrets = read_credentials(Path(credentials_file)) if credentials_file else {}

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from trolleyfs.cli import main as trolleyfs_main
-from trolleyfs.config import parse_mount_options
+from trolleyfs.config import join_mount_options, parse_mount_options
 from trolleyfs.errors import ConfigError
 
 GENERIC_OPTIONS = frozenset(
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.fake:
         return 0
-    option_text = ",".join(f"{key}={value}" for key, value in options.items())
+    option_text = join_mount_options(options)
     return trolleyfs_main(["mount", args.source, args.mountpoint, *(["-o", option_text] if option_text else [])])
 
 

@@ -60,6 +60,7 @@ async def test_a_token_is_sent_as_a_bearer_header_and_401_is_a_refusal():
 
     import httpx
 
+    from trolleyfs.backends.auth import BearerAuth, StaticToken
     from trolleyfs.backends.http import HttpSession
     from trolleyfs.errors import PacsRefused
 
@@ -69,7 +70,8 @@ async def test_a_token_is_sent_as_a_bearer_header_and_401_is_a_refusal():
         seen.append(request.headers.get("authorization"))
         return httpx.Response(401 if request.url.path == "/denied" else 200, text="[]")
 
-    session = HttpSession(timeout=5, retries=0, max_connections=1, token="t0k", transport=httpx.MockTransport(answer))
+    session = HttpSession(timeout=5, retries=0, max_connections=1, auth=BearerAuth(StaticToken("t0k")),
+                          transport=httpx.MockTransport(answer))
     try:
         await session.get("http://pacs.invalid/studies")
         with pytest.raises(PacsRefused) as raised:
@@ -91,3 +93,13 @@ def test_uid_and_gid_take_names_or_numbers():
     assert load_config({"source": SOURCE, "uid": "1234"}, {}).uid == 1234
     with pytest.raises(ConfigError, match="no such user"):
         load_config({"source": SOURCE, "uid": "no-such-user-here"}, {})
+
+
+def test_a_comma_inside_an_option_value_is_written_backslash_comma():
+    from trolleyfs.config import join_mount_options, parse_mount_options
+
+    options = {"token_command": "python -c 'import a, b'", "cache_size": "2G"}
+    assert join_mount_options(options) == r"token_command=python -c 'import a\, b',cache_size=2G"
+    assert parse_mount_options(join_mount_options(options)) == options
+    kept, _ = split_options(r"rw,token_command=get-token --scopes a\,b,noauto")
+    assert kept == {"token_command": "get-token --scopes a,b"}

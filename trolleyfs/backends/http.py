@@ -64,9 +64,7 @@ class HttpSession:
         timeout: float,
         retries: int,
         max_connections: int,
-        username: str = "",
-        password: str = "",
-        token: str = "",
+        auth: httpx.Auth | None = None,
         verify: ssl.SSLContext | bool = True,
         backoff: float = 0.2,
         min_transfer_rate: int = 0,
@@ -74,12 +72,12 @@ class HttpSession:
     ) -> None:
         self.retries = retries
         self.backoff = backoff
+        self._pool_size = max_connections
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         inner = transport or httpx.AsyncHTTPTransport(verify=verify, limits=limits)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
-            auth=httpx.BasicAuth(username, password) if username else None,
-            headers={"Authorization": f"Bearer {token}"} if token else None,
+            auth=auth,
             transport=_MinimumRate(inner, min_transfer_rate, timeout) if min_transfer_rate else inner,
             follow_redirects=True,
         )
@@ -119,7 +117,7 @@ class HttpSession:
         for attempt in range(self.retries + 1):
             last_attempt = attempt == self.retries
             try:
-                response = await self._client.send(request, stream=True)
+                response = await self._send_on_live_connection(request)
             except httpx.TransportError as exc:
                 if _untrusted_certificate(exc):
                     raise PacsRefused(
@@ -151,6 +149,20 @@ class HttpSession:
                 raise PacsBadRequest(message)
             raise PacsProtocolError(message)
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _send_on_live_connection(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request``; when the server had closed the kept-alive connection it went out on
+        without saying so (it drops the connection before any answer), send it again at once.
+        The dead connection leaves the pool, so this repeats at most once per pooled connection
+        (a server closing idle connections closes them all) before the error counts. Every
+        request we make only reads, so this is always safe."""
+        for _ in range(self._pool_size):
+            try:
+                return await self._client.send(request, stream=True)
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                log.debug("%s %s: %s; the connection was dead, sending again", request.method,
+                          loggable(str(request.url)), _describe(exc))
+        return await self._client.send(request, stream=True)
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         delay = self.backoff * 2**attempt

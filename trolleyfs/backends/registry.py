@@ -8,6 +8,9 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from urllib.parse import urlsplit
 
+import httpx
+
+from trolleyfs.backends.auth import BearerAuth, ClientCredentials, CommandToken, StaticToken
 from trolleyfs.backends.base import Downloader, Searcher
 from trolleyfs.backends.dicom_qr import DicomQR
 from trolleyfs.backends.dimse import DimsePeer
@@ -31,6 +34,26 @@ def tls_verification(config: Config) -> ssl.SSLContext | bool:
     return context
 
 
+def http_auth(config: Config, stack: AsyncExitStack) -> httpx.Auth | None:
+    """The authentication of every DICOMweb request: the one way the config names, if any."""
+
+    def client_credentials() -> httpx.Auth:
+        source = ClientCredentials(
+            config.oauth2_token_url, config.client_id, config.client_secret, config.oauth2_scope,
+            timeout=config.timeout, verify=tls_verification(config),
+        )
+        stack.push_async_callback(source.aclose)
+        return BearerAuth(source)
+
+    ways: dict[str, Callable[[], httpx.Auth]] = {
+        "username": lambda: httpx.BasicAuth(config.username, config.password),
+        "token": lambda: BearerAuth(StaticToken(config.token)),
+        "token_command": lambda: BearerAuth(CommandToken(config.token_command, timeout=config.timeout)),
+        "oauth2_token_url": client_credentials,
+    }
+    return next((make() for option, make in ways.items() if getattr(config, option)), None)
+
+
 class Backends:
     """The searcher and downloader of a mount, and the HTTP sessions they share (one per server)."""
 
@@ -39,6 +62,7 @@ class Backends:
         self._stack = stack
         self._sessions: dict[str, HttpSession] = {}
         self._peer: DimsePeer | None = None
+        self._auth = http_auth(config, stack)
         self.searcher = self._searcher()
         self.downloader = self._downloader()
 
@@ -51,9 +75,7 @@ class Backends:
                 timeout=config.timeout,
                 retries=config.retries,
                 max_connections=config.max_connections,
-                username=config.username,
-                password=config.password,
-                token=config.token,
+                auth=self._auth,
                 verify=tls_verification(config),
                 min_transfer_rate=config.min_transfer_rate,
             )

@@ -15,7 +15,9 @@ It serves, from Part-10 files held in memory:
 Tests count requests by kind (``qido``, ``wado-rs``, ``wado-uri``, ``mint``, ``rad69``) and inject
 faults: an HTTP error status, a hang, garbage instead of the answer, a body cut off in the middle,
 hostile XML, a missing document. ``stop()`` and ``start()`` (on the same port) make it go down and
-come back.
+come back. With ``tokens`` (:mod:`trolleyfs.testing.tokens`) it requires bearer tokens and issues
+them; with ``drop_reused_connections`` it closes a kept-alive connection silently when the next
+request arrives on it, as servers with a short keep-alive timeout do.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from trolleyfs.backends.mint_fields import ALLOWED_INCLUDE_FIELDS
+from trolleyfs.testing.tokens import TEST_TOKEN_PATH, TOKEN_PATH, TokenIssuer
 from trolleyfs.model import SERIES_KEYWORDS, STUDY_KEYWORDS, QueryLevel
 from trolleyfs.testing.endpoints import DicomWebEndpoints
 from trolleyfs.testing.pacs_soap import (
@@ -149,6 +152,11 @@ class EmbeddedPacs(DicomWebEndpoints):
         """Answer every page from the first result (a PACS that ignores ``offset``)."""
         self.requests: list[tuple[str, list[tuple[str, str]]]] = []
         """(kind, query parameters) of every QIDO-RS and MINT request, in order."""
+        self.tokens: TokenIssuer | None = None
+        """Require a bearer token from this issuer on every request, and serve its token endpoint."""
+        self.drop_reused_connections = False
+        """Close a connection without an answer when a second request arrives on it."""
+        self.dropped_connections = 0
         self.refuse_return_fields = False
         """Answer HTTP 400 to any QIDO-RS ``includefield`` or MINT ``IncludeFields`` (a strict server)."""
         if tls is not None:
@@ -251,10 +259,30 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         log.debug("embedded PACS: " + format, *args)
 
+    requests_served = 0
+
+    def _turned_away(self) -> bool:
+        """Whether this request gets no answer (a dropped connection) or a 401."""
+        if self.pacs.drop_reused_connections and self.requests_served:
+            with self.pacs._lock:
+                self.pacs.dropped_connections += 1
+            self.close_connection = True
+            return True
+        self.requests_served += 1
+        tokens = self.pacs.tokens
+        if tokens is None or tokens.accepts(self.headers.get("Authorization", "")):
+            return False
+        self._send(401, "text/plain", b"invalid token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return True
+
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         url = urlsplit(self.path)
         segments = [part for part in url.path.split("/") if part]
         params = parse_qsl(url.query, keep_blank_values=True)
+        if url.path == TEST_TOKEN_PATH and self.pacs.tokens is not None:
+            return self._send(200, "application/json", self.pacs.tokens.test_token(("format", "text") in params))
+        if self._turned_away():
+            return None
         if segments[:1] == ["wado"]:
             kind = "wado-uri"
         elif segments == ["mint", "studies"]:
@@ -281,6 +309,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         body = self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+        if urlsplit(self.path).path == TOKEN_PATH and self.pacs.tokens is not None:
+            form = dict(parse_qsl(body.decode("ascii", "replace")))
+            status, answer = self.pacs.tokens.token_endpoint(self.headers.get("Authorization", ""), form)
+            return self._send(status, "application/json", json.dumps(answer).encode())
+        if self._turned_away():
+            return None
         if urlsplit(self.path).path.rstrip("/") != "/rad69":
             return self._error(404, "unknown resource")
         corruption = self._fault_answered("rad69")
