@@ -31,7 +31,12 @@ class FakeDimsePeer:
         self.port = free_port()
         self.mode = "normal"
         """normal | reject | fail | hang | abort-after-N (C-GET sends N instances, then aborts) |
-        crossed-moves (the first C-MOVE sends its instances only after the second has sent all of its)"""
+        crossed-moves (the first C-MOVE sends its instances only after the second has sent all of its) |
+        pending-ff01 (C-FIND answers carry status 0xFF01: optional keys not supported)"""
+        self.releases = 0
+        """Associations the other side released (A-RELEASE)."""
+        self.aborts = 0
+        self.association_released = threading.Event()
         self.move_destination: tuple[str, int] = ("127.0.0.1", 0)
         """Where every C-MOVE sends its instances, whatever the destination AE."""
         self.move_arrived = threading.Semaphore(0)
@@ -73,6 +78,7 @@ class FakeDimsePeer:
                 (evt.EVT_C_MOVE, self._move),
                 (evt.EVT_ACCEPTED, self._accepted),
                 (evt.EVT_ABORTED, self._on_abort),
+                (evt.EVT_RELEASED, self._on_release),
             ],
         )
         return self
@@ -90,7 +96,12 @@ class FakeDimsePeer:
             if all(not identifier.get(key) or ds.get(key) == identifier.get(key) for key in keys)
         ]
 
+    def _on_release(self, event) -> None:
+        self.releases += 1
+        self.association_released.set()
+
     def _on_abort(self, event) -> None:
+        self.aborts += 1
         if self._token is not None:
             trio.from_thread.run_sync(self.aborted.set, trio_token=self._token)
 
@@ -113,7 +124,7 @@ class FakeDimsePeer:
                 if element.keyword in ds:
                     setattr(answer, element.keyword, ds.get(element.keyword))
             answer.QueryRetrieveLevel = event.identifier.QueryRetrieveLevel
-            yield 0xFF00, answer
+            yield 0xFF01 if self.mode == "pending-ff01" else 0xFF00, answer
 
     def _get(self, event):
         self.gets += 1

@@ -11,12 +11,13 @@ import pydicom
 class MemorySink:
     def __init__(self) -> None:
         self.files: dict[str | None, bytes] = {}
-        """What arrived, by the UID the backend said it expected (None when it named none)."""
+        """What arrived, by the instance UID the backend said it expected (None when it named a
+        study or series)."""
         self.uids: set[str] = set()
         """The SOPInstanceUIDs of the instances that arrived (when they are DICOM)."""
 
     @asynccontextmanager
-    async def receive(self, expected_uid=None):
+    async def receive(self, expected=None):
         chunks: list[bytes] = []
 
         class Writer:
@@ -25,6 +26,6 @@ class MemorySink:
 
         yield Writer()
         data = b"".join(chunks)
-        self.files[expected_uid] = data
+        self.files[getattr(expected, "instance_uid", None)] = data
         if data[128:132] == b"DICM":
             self.uids.add(str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID))

@@ -34,9 +34,10 @@ from typing import BinaryIO
 
 import trio
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
+from pydicom.filereader import dcmread, read_file_meta_info
 
-from trolleyfs.errors import CacheError, CacheFull, PacsProtocolError
+from trolleyfs.errors import CacheError, CacheFull, PacsProtocolError, UnrequestedInstance
+from trolleyfs.model import Reference
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +177,13 @@ class InstanceCache:
         """A writer for one download; hand it to ``publish`` or ``discard`` when it is complete."""
         return Writer(self._tmp / f"{uuid.uuid4().hex}.part")
 
-    async def publish(self, writer: Writer, expected_uid: str | None = None) -> CachedFile:
-        """Identify a complete download by its SOPInstanceUID (which must be ``expected_uid`` when
-        given) and publish it atomically; on any failure the download is discarded."""
+    async def publish(self, writer: Writer, expected: Reference | None = None) -> CachedFile:
+        """Identify a complete download by its SOPInstanceUID and publish it atomically; with
+        ``expected``, an instance it does not admit is UnrequestedInstance. On any failure the
+        download is discarded."""
         try:
             uid, final, free = await trio.to_thread.run_sync(
-                self._finish, writer, expected_uid, limiter=_disk_limiter
+                self._finish, writer, expected, limiter=_disk_limiter
             )
         except BaseException:
             await self.discard(writer)
@@ -196,7 +198,7 @@ class InstanceCache:
             await trio.to_thread.run_sync(writer.discard, limiter=_disk_limiter)
 
     @asynccontextmanager
-    async def receive(self, expected_uid: str | None = None) -> AsyncIterator[Writer]:
+    async def receive(self, expected: Reference | None = None) -> AsyncIterator[Writer]:
         """``new_writer`` + ``publish`` as one block: leaving it normally publishes, an exception
         discards."""
         writer = self.new_writer()
@@ -205,15 +207,17 @@ class InstanceCache:
         except BaseException:
             await self.discard(writer)
             raise
-        await self.publish(writer, expected_uid)
+        await self.publish(writer, expected)
 
-    def _finish(self, writer: Writer, expected_uid: str | None) -> tuple[str, Path, int]:
+    def _finish(self, writer: Writer, expected: Reference | None) -> tuple[str, Path, int]:
         """In a worker thread: complete the file, identify it, publish it by rename."""
         writer.write_pending()
         writer.close()
         uid = _sop_instance_uid(writer.path)
-        if expected_uid is not None and uid != expected_uid:
-            raise PacsProtocolError(f"asked for instance {expected_uid}, received {uid}")
+        if expected is not None:
+            study_uid, series_uid = _study_and_series_uids(writer.path)
+            if not expected.admits(study_uid, series_uid, uid):
+                raise UnrequestedInstance(f"received instance {uid} of series {series_uid}, which was not asked for")
         key = _key(uid)
         final = self._objects / key[:2] / f"{key}.{writer.size}.dcm"
         final.parent.mkdir(mode=0o700, exist_ok=True)
@@ -308,6 +312,14 @@ def _sop_instance_uid(path: Path) -> str:
     if not uid:
         raise PacsProtocolError("received DICOM file has no MediaStorageSOPInstanceUID")
     return uid
+
+
+def _study_and_series_uids(path: Path) -> tuple[str, str]:
+    try:
+        dataset = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise PacsProtocolError(f"received data is not a DICOM Part-10 file: {exc}") from exc
+    return str(dataset.get("StudyInstanceUID", "")), str(dataset.get("SeriesInstanceUID", ""))
 
 
 def _free_bytes(path: Path) -> int:

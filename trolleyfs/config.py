@@ -100,6 +100,9 @@ class Config(BaseModel):
     """Port of that storage SCP."""
     max_associations: int = Field(default=4, ge=1)
     """DIMSE associations open at once (each runs in its own thread)."""
+    dimse_idle_time: float = Field(default=3.0, ge=0)
+    """Seconds a C-FIND association is kept open for the next search after its last one; then it
+    is released (A-RELEASE). Keep it below the PACS's own idle timeout (Orthanc: 5 s)."""
     acse_timeout: float | None = Field(default=None, gt=0)
     """Seconds to wait for association set-up and release; empty means `timeout`."""
     dimse_timeout: float | None = Field(default=None, gt=0)

@@ -11,7 +11,8 @@
     ├── NeedsInstances             EIO     a downloader needs instance UIDs the reference lacks
     ├── PacsError                  EIO     the PACS failed: unreachable, timed out, garbage
     │   ├── PacsProtocolError      EIO     the PACS answered something that breaks the protocol
-    │   │   └── PacsBadRequest     EIO     the PACS refused the request itself (HTTP 400)
+    │   │   ├── PacsBadRequest     EIO     the PACS refused the request itself (HTTP 400)
+    │   │   └── UnrequestedInstance EIO    the PACS sent an instance outside what was asked
     │   └── PacsRefused            EACCES  the PACS refused us: credentials, AE title
     └── CacheError                 EIO     the disk cache cannot hold or publish a file
         └── CacheFull              ENOSPC  nothing evictable is left and the entry does not fit
@@ -78,6 +79,11 @@ class PacsProtocolError(PacsError):
 
 class PacsBadRequest(PacsProtocolError):
     """The PACS refused what we asked as malformed (HTTP 400): a searcher may ask again with less."""
+
+
+class UnrequestedInstance(PacsProtocolError):
+    """An instance arrived that the request did not name (another UID, study or series): it is
+    never cached, since it would sit under a UID the PACS was not asked for."""
 
 
 class PacsRefused(PacsError):

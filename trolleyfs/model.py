@@ -15,6 +15,7 @@ import enum
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -126,6 +127,13 @@ class StudyReference(BaseModel):
     study_uid: str
     sop_class_uids: tuple[str, ...] = ()
     """SOP classes known to be in it (a hint for DIMSE downloaders; may be empty)."""
+    modalities: tuple[str, ...] = ()
+    """Modalities known to be in it (a hint for DIMSE downloaders when the SOP classes are not known)."""
+
+    def admits(self, study_uid: str, series_uid: str, instance_uid: str) -> bool:
+        """Whether an instance with these UIDs is one of those this reference names: a PACS
+        sending anything else is not believed (it would be cached under a UID it does not own)."""
+        return study_uid == self.study_uid
 
 
 class SeriesReference(BaseModel):
@@ -134,9 +142,21 @@ class SeriesReference(BaseModel):
     series_uid: str
     sop_class_uids: tuple[str, ...] = ()
     """SOP classes known to be in it (a hint for DIMSE downloaders; may be empty)."""
+    modalities: tuple[str, ...] = ()
+    """Its modality, when known (a hint for DIMSE downloaders when the SOP classes are not known)."""
     instance_uids: tuple[str, ...] = ()
     """Its instances, when known: a downloader that fetches named instances (RAD-69) can then
-    fetch the series in batches instead of asking for its instances one by one."""
+    fetch the series in batches instead of asking for its instances one by one, and no other
+    instance is admitted."""
+
+    @cached_property
+    def _named(self) -> frozenset[str]:
+        return frozenset(self.instance_uids)
+
+    def admits(self, study_uid: str, series_uid: str, instance_uid: str) -> bool:
+        return (study_uid, series_uid) == (self.study_uid, self.series_uid) and (
+            not self.instance_uids or instance_uid in self._named
+        )
 
 
 class InstanceReference(BaseModel):
@@ -146,10 +166,15 @@ class InstanceReference(BaseModel):
     instance_uid: str
     sop_class_uid: str = ""
     """Its SOP class, when known (a hint for DIMSE downloaders)."""
+    modalities: tuple[str, ...] = ()
+    """Its series' modality, when known (a hint for DIMSE downloaders without the SOP class)."""
 
     @property
     def sop_class_uids(self) -> tuple[str, ...]:
         return (self.sop_class_uid,) if self.sop_class_uid else ()
+
+    def admits(self, study_uid: str, series_uid: str, instance_uid: str) -> bool:
+        return (study_uid, series_uid, instance_uid) == (self.study_uid, self.series_uid, self.instance_uid)
 
 
 Reference = StudyReference | SeriesReference | InstanceReference

@@ -27,7 +27,7 @@ import trio
 
 from trolleyfs.backends.base import Downloader, InstanceWriter, Searcher
 from trolleyfs.cache import CachedFile, InstanceCache, Writer
-from trolleyfs.errors import CacheFull, NeedsInstances, PacsError, PacsProtocolError, first_error
+from trolleyfs.errors import CacheFull, NeedsInstances, PacsError, PacsProtocolError, UnrequestedInstance, first_error
 from trolleyfs.model import (
     InstanceReference,
     Query,
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 _PREFETCH_WORKERS = 2
 STAT_NAMES = (
     "searches", "download_requests", "instances_downloaded", "bytes_downloaded", "cache_hits", "read_aheads",
-    "listings_truncated",
+    "listings_truncated", "instances_refused",
 )
 
 
@@ -283,7 +283,7 @@ class _PublishingSink:
         self._slots = trio.Semaphore(self._PUBLISH_AHEAD)
 
     @asynccontextmanager
-    async def receive(self, expected_uid: str | None = None) -> AsyncIterator[InstanceWriter]:
+    async def receive(self, expected: Reference | None = None) -> AsyncIterator[InstanceWriter]:
         cache = self._trolley.cache
         writer = cache.new_writer()
         try:
@@ -292,11 +292,20 @@ class _PublishingSink:
             await cache.discard(writer)
             raise
         await self._slots.acquire()
-        self._nursery.start_soon(self._publish, writer, expected_uid)
+        self._nursery.start_soon(self._publish, writer, expected)
 
-    async def _publish(self, writer: Writer, expected_uid: str | None) -> None:
+    async def _publish(self, writer: Writer, expected: Reference | None) -> None:
+        """Publish one received file. An instance outside a study or series that was asked for
+        is left out (and counted), the rest of the answer still cached; a single instance asked
+        for that turns out to be another is the download's error."""
         try:
-            await self._trolley.cache.publish(writer, expected_uid)
+            await self._trolley.cache.publish(writer, expected)
+        except UnrequestedInstance as exc:
+            if expected is None or isinstance(expected, InstanceReference):
+                raise
+            log.warning("%s; not cached", exc)
+            self._trolley.stats["instances_refused"] += 1
+            return
         finally:
             self._slots.release()
         stats = self._trolley.stats

@@ -190,3 +190,31 @@ async def test_overlapping_c_moves_each_get_their_own_instances(peer):
             dimse.close()
     assert series_sink.uids == in_series
     assert study_sink.uids == in_study
+
+
+def test_pending_status_ff01_means_more_results_too(mount, peer):
+    """0xFF01: pending, but the peer does not support some optional keys we asked for."""
+    peer.mode = "pending-ff01"
+    with peer:
+        assert len(mount(peer.url).files()) == len(peer.datasets)
+
+
+def test_an_idle_c_find_association_is_released_not_left_to_time_out(mount, peer):
+    with peer:
+        mounted = mount(peer.url, dimse_idle_time=0.5)
+        list(mounted.patients.iterdir())
+        assert peer.association_released.wait(20)  # without the reaper: aborted after network_timeout
+        assert peer.aborts == 0
+        assert "ERROR" not in mounted.log_text()
+
+
+def test_c_get_proposes_the_stored_syntaxes_of_the_classes_a_modality_implies_and_never_deflate():
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from trolleyfs.backends.dimse_retrieve import COMMON, storage_contexts
+
+    contexts = storage_contexts((), ("CT",))
+    assert len(contexts) <= 127
+    ct_syntaxes = [c.transfer_syntax[0] for c in contexts if c.abstract_syntax == "1.2.840.10008.5.1.4.1.1.2"]
+    assert ct_syntaxes == [str(s) for s in COMMON]  # one context per syntax: the PACS sends what it stores
+    assert all(DeflatedExplicitVRLittleEndian not in c.transfer_syntax for c in storage_contexts(("1.2.3",), ("MR",)))

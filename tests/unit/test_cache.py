@@ -8,7 +8,8 @@ import stat
 import pytest
 
 from trolleyfs.cache import InstanceCache
-from trolleyfs.errors import PacsProtocolError
+from trolleyfs.errors import PacsProtocolError, UnrequestedInstance
+from trolleyfs.model import InstanceReference, Reference, SeriesReference
 from trolleyfs.testing.data import SampleSpec, generate
 
 FILES = list(generate(SampleSpec(patients=(("P", "A^B"),), studies_per_patient=1, series_per_study=1,
@@ -24,7 +25,18 @@ def uid(data: bytes) -> str:
     return str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
 
 
-async def put(cache: InstanceCache, data: bytes, expected: str | None = None) -> None:
+def reference(data: bytes, **changed: str) -> InstanceReference:
+    import io
+
+    import pydicom
+
+    dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    uids = {"study_uid": str(dataset.StudyInstanceUID), "series_uid": str(dataset.SeriesInstanceUID),
+            "instance_uid": str(dataset.SOPInstanceUID)}
+    return InstanceReference(**{**uids, **changed})
+
+
+async def put(cache: InstanceCache, data: bytes, expected: Reference | None = None) -> None:
     async with cache.receive(expected) as writer:
         for start in range(0, len(data), 1000):
             await writer.write(data[start : start + 1000])
@@ -46,8 +58,13 @@ async def test_a_failed_download_leaves_nothing(tmp_path):
             raise RuntimeError("connection lost")
     with pytest.raises(PacsProtocolError):
         await put(cache, b"not dicom at all" * 100)
-    with pytest.raises(PacsProtocolError, match="asked for"):
-        await put(cache, FILES[1], expected=uid(FILES[2]))
+    for wrong in (reference(FILES[2]), reference(FILES[1], series_uid="1.2.3"), reference(FILES[1], study_uid="1.2")):
+        with pytest.raises(UnrequestedInstance):
+            await put(cache, FILES[1], expected=wrong)
+    series = reference(FILES[1])
+    with pytest.raises(UnrequestedInstance):  # a series that names its instances admits no other
+        await put(cache, FILES[1], SeriesReference(study_uid=series.study_uid, series_uid=series.series_uid,
+                                                   instance_uids=(uid(FILES[2]),)))
     assert len(cache) == 0 and cache.total_bytes == 0
     assert list((tmp_path / "c" / "v1" / "tmp").iterdir()) == []
 

@@ -268,3 +268,28 @@ async def test_nodes_the_kernel_forgets_leave_the_inode_table_and_come_back_when
                 fs.forget(inode, count)
         assert len(fs.inodes) == 2  # /, /patients
         assert set(await browse(await walk(fs, "/patients"), "/patients")) == set(before)
+
+
+async def test_an_instance_the_pacs_adds_to_a_series_answer_is_never_cached(pacs, tmp_path):
+    """Security: a series answer that carries another instance's UID with other bytes (a buggy or
+    hostile server) must not plant them in the cache: that instance reads as stored."""
+    async with filesystem_over(pacs, tmp_path) as fs:
+        files = list((await all_files(fs)).values())
+        pacs.faults.add("wado-rs", "forge")  # every study or series answer carries a forged extra
+        first = files[0]
+        assert await read_all(fs, first.inode) == pacs.instances[first.uid].data
+        await fs.trolley.download(SeriesReference(study_uid=first.reference.study_uid,
+                                                  series_uid=first.reference.series_uid))
+        pacs.faults.clear()
+        for node in files:
+            assert await read_all(fs, node.inode) == pacs.instances[node.uid].data
+        assert fs.stats()["instances_refused"] >= 1
+
+
+async def test_instances_a_series_answer_leaves_out_are_fetched_singly(pacs, tmp_path):
+    async with filesystem_over(pacs, tmp_path) as fs:
+        files = list((await all_files(fs)).values())
+        pacs.faults.add("wado-rs", "omit-first")
+        for node in files:
+            assert await read_all(fs, node.inode) == pacs.instances[node.uid].data
+        assert fs.stats()["errors"] == {}

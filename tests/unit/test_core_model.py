@@ -29,8 +29,11 @@ from trolleyfs.trolley import Trolley
 PATIENTS = ["P1", "P/2", "ümlaut"]
 
 
-def part10(uid: str) -> bytes:
+def part10(reference: InstanceReference) -> bytes:
+    uid = reference.instance_uid
     dataset = Dataset()
+    dataset.StudyInstanceUID = reference.study_uid
+    dataset.SeriesInstanceUID = reference.series_uid
     dataset.SOPInstanceUID = uid
     dataset.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
     dataset.file_meta = FileMetaDataset()
@@ -51,8 +54,8 @@ class ModelDownloader:
         self.fetches += 1
         if reference.instance_uid not in self.machine.content:
             raise NotFound(reference.instance_uid)
-        async with sink.receive(reference.instance_uid) as writer:
-            await writer.write(part10(reference.instance_uid))
+        async with sink.receive(reference) as writer:
+            await writer.write(part10(reference))
 
 
 class CoreAgainstModel(RuleBasedStateMachine):
@@ -107,7 +110,10 @@ class CoreAgainstModel(RuleBasedStateMachine):
             finally:
                 self.fs.release(handle)
 
-        assert self.run(read) == part10(uid)
+        expected = InstanceReference(
+            study_uid=record["StudyInstanceUID"], series_uid=record["SeriesInstanceUID"], instance_uid=uid
+        )
+        assert self.run(read) == part10(expected)
 
     async def _child_ending(self, inode: int, uid: str):  # noqa: ANN202
         handle = await self.fs.opendir(inode)

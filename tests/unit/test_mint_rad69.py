@@ -11,7 +11,8 @@ from tests.memory_sink import MemorySink
 from tests.unit.helpers import all_files, filesystem_over, read_all
 from trolleyfs.backends.mint import parse_study_search_results
 from trolleyfs.backends.rad69 import _stream_mtom, parse_envelope
-from trolleyfs.errors import PacsError, PacsProtocolError
+from trolleyfs.errors import PacsError, PacsProtocolError, UnrequestedInstance
+from trolleyfs.model import InstanceReference
 from trolleyfs.testing.pacs_soap import XML_BOMB, XML_EXTERNAL
 
 MINT_ANSWER = b"""<?xml version="1.0" encoding="UTF-8"?>
@@ -104,6 +105,10 @@ def mtom(parts: list[tuple[str, bytes]], line_end: bytes = b"\r\n") -> bytes:
 ROOT_HEADERS = 'Content-Type: application/xop+xml; type="application/soap+xml"\nContent-ID: <root>'
 
 
+def asked(*uids: str) -> dict[str, InstanceReference]:
+    return {uid: InstanceReference(study_uid="1.9", series_uid="1.9.0", instance_uid=uid) for uid in uids}
+
+
 @pytest.mark.parametrize("line_end", [b"\r\n", b"\n"])
 async def test_rad69_parts_are_matched_by_content_id_not_by_position(line_end):
     body = mtom([
@@ -118,7 +123,7 @@ async def test_rad69_parts_are_matched_by_content_id_not_by_position(line_end):
 
     sink, received = MemorySink(), set()
     envelope = await _stream_mtom(chunks(), 'multipart/related; type="application/xop+xml"; boundary=MIME',
-                                  sink, received, "test")
+                                  sink, asked("1.9.1", "1.9.2"), received, "test")
     assert sink.files == {"1.9.1": b"FIRST", "1.9.2": b"SECOND\r\n"}
     assert received == {"1.9.1", "1.9.2"} and envelope.errors
 
@@ -130,7 +135,17 @@ async def test_a_rad69_part_no_document_refers_to_is_refused():
         yield body
 
     with pytest.raises(PacsProtocolError, match="stray@x"):
-        await _stream_mtom(chunks(), "multipart/related; boundary=MIME", MemorySink(), set(), "test")
+        await _stream_mtom(chunks(), "multipart/related; boundary=MIME", MemorySink(), asked("1.9.1"), set(), "test")
+
+
+async def test_a_rad69_document_that_was_not_asked_for_is_refused():
+    body = mtom([(ROOT_HEADERS, ENVELOPE.encode()), ("Content-Type: application/dicom\nContent-ID: <first@example>", b"X")])
+
+    async def chunks():
+        yield body
+
+    with pytest.raises(UnrequestedInstance):
+        await _stream_mtom(chunks(), "multipart/related; boundary=MIME", MemorySink(), asked("1.9.2"), set(), "test")
 
 
 def rad69_options(pacs) -> dict[str, str]:

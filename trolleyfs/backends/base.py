@@ -26,22 +26,24 @@ class InstanceWriter(Protocol):
 
 
 class InstanceSink(Protocol):
-    def receive(self, expected_uid: str | None = None) -> AbstractAsyncContextManager[InstanceWriter]:
-        """A writer for one Part-10 file. Leaving the block normally publishes it (its
-        SOPInstanceUID must equal ``expected_uid`` when given); an exception discards it."""
+    def receive(self, expected: Reference | None = None) -> AbstractAsyncContextManager[InstanceWriter]:
+        """A writer for one Part-10 file of what ``expected`` names (the reference the
+        downloader was asked for, or the one instance it is known to be). Leaving the block
+        normally publishes it, unless ``expected`` does not admit it (UnrequestedInstance: a
+        PACS cannot plant a file under a UID it was not asked for); an exception discards it."""
         ...
 
 
-async def store(sink: InstanceSink, expected_uid: str | None, chunks: AsyncIterable[bytes]) -> None:
+async def store(sink: InstanceSink, expected: Reference, chunks: AsyncIterable[bytes]) -> None:
     """Stream ``chunks`` into ``sink`` as one instance (published if they end normally)."""
-    async with sink.receive(expected_uid) as writer:
+    async with sink.receive(expected) as writer:
         async for chunk in chunks:
             await writer.write(chunk)
 
 
-async def store_bytes(sink: InstanceSink, expected_uid: str | None, data: bytes) -> None:
+async def store_bytes(sink: InstanceSink, expected: Reference, data: bytes) -> None:
     """Put one instance already whole in memory into ``sink``."""
-    async with sink.receive(expected_uid) as writer:
+    async with sink.receive(expected) as writer:
         await writer.write(data)
 
 

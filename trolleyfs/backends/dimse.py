@@ -3,8 +3,9 @@ turning identifiers into keyword records.
 
 pynetdicom is blocking and threaded. Each operation runs on an association inside
 ``trio.to_thread`` under a per-peer limiter. If the trio side is cancelled, the association is
-aborted so its thread ends soon. C-FIND associations are kept for a few seconds and reused, since
-browsing asks one search per directory. pynetdicom reports a timeout or an
+aborted so its thread ends soon. C-FIND associations are kept for ``idle_time`` seconds and
+reused, since browsing asks one search per directory; then they are released (A-RELEASE) by a
+reaper thread, not left to time out and be aborted. pynetdicom reports a timeout or an
 abort as an empty status dataset; :func:`status_category` turns that into an error, never into
 "no results".
 """
@@ -47,6 +48,7 @@ class DimsePeer:
         dimse_timeout: float,
         network_timeout: float,
         max_associations: int = 4,
+        idle_time: float = 3.0,
     ) -> None:
         self.node = node
         self.calling_aet = calling_aet
@@ -54,7 +56,7 @@ class DimsePeer:
         self.dimse_timeout = dimse_timeout
         self.network_timeout = network_timeout
         self.limiter = trio.CapacityLimiter(max_associations)
-        self._idle = _IdleAssociations()
+        self._idle = _IdleAssociations(idle_time)
 
     def __str__(self) -> str:
         return f"{self.node.ae_title}@{self.node.host}:{self.node.port}"
@@ -136,25 +138,26 @@ class DimsePeer:
 
 
 class _IdleAssociations:
-    """Established associations kept between operations, by name, for ``max_idle`` seconds (peers
-    close idle ones themselves after a while: Orthanc after 5 s by default)."""
+    """Established associations kept between operations, by name, for ``max_idle`` seconds, then
+    released in a reaper thread (peers close idle associations themselves after a while, Orthanc
+    after 5 s by default; an association left to pynetdicom's network timeout is aborted instead,
+    with ERROR lines on both sides)."""
 
     def __init__(self, max_idle: float = 3.0, max_count: int = 2) -> None:
         self.max_idle = max_idle
         self.max_count = max_count
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._idle: list[tuple[str, float, Association]] = []
+        self._reaper: threading.Thread | None = None
 
     def take(self, name: str) -> Association | None:
-        now = time.monotonic()
         with self._lock:
-            stale = [entry for entry in self._idle if now - entry[1] > self.max_idle]
-            self._idle = [entry for entry in self._idle if entry not in stale]
+            stale = self._take_stale(time.monotonic())
             found = next((entry for entry in self._idle if entry[0] == name), None)
             if found is not None:
                 self._idle.remove(found)
-        for _, _, association in stale:
-            association.release()
+        _release(stale)
         return found[2] if found is not None and found[2].is_established else None
 
     def keep(self, name: str, association: Association) -> bool:
@@ -162,14 +165,41 @@ class _IdleAssociations:
             if sum(entry[0] == name for entry in self._idle) >= self.max_count:
                 return False
             self._idle.append((name, time.monotonic(), association))
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="trolleyfs-idle-associations", daemon=True)
+                self._reaper.start()
+            self._changed.notify()
             return True
 
     def release_all(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for _, _, association in idle:
-            if association.is_established:
-                association.release()
+            self._changed.notify()
+        _release(idle)
+
+    def _take_stale(self, now: float) -> list[tuple[str, float, Association]]:
+        stale = [entry for entry in self._idle if now - entry[1] >= self.max_idle]
+        self._idle = [entry for entry in self._idle if entry not in stale]
+        return stale
+
+    def _reap(self) -> None:
+        while True:
+            with self._lock:
+                while True:
+                    if not self._idle:
+                        self._reaper = None
+                        return
+                    now = time.monotonic()
+                    if stale := self._take_stale(now):
+                        break
+                    self._changed.wait(min(entry[1] for entry in self._idle) + self.max_idle - now)
+            _release(stale)
+
+
+def _release(entries: list[tuple[str, float, Association]]) -> None:
+    for _, _, association in entries:
+        if association.is_established:
+            association.release()
 
 
 def _why_not_established(association: Association, peer: DimsePeer) -> str:

@@ -5,10 +5,13 @@ as the peer sent them (pynetdicom's ``encoded_dataset``: no decoding, no re-enco
 instances cross from pynetdicom's threads to trio with ``trio.from_thread.run``, so a slow disk
 slows the peer down instead of filling memory.
 
-- :class:`CGet` asks for a study, series or instance in one association; the storage contexts
-  it offers (with the SCP role) are those of the SOP classes the search found, each with the
-  common transfer syntaxes as separate contexts so the peer need not transcode, plus a default
-  set of storage classes with the uncompressed syntaxes.
+- :class:`CGet` asks for a study, series or instance in one association. The storage contexts
+  it offers (with the SCP role) are, within the 128-context limit: the SOP classes the search
+  found, then those its Modality implies when the search told no SOP class (a Q/R SCP such as
+  dcmqrscp returns only InstanceNumber and SOPInstanceUID at IMAGE level), each with the common
+  transfer syntaxes as separate contexts so the peer sends the bytes it stores; then a default
+  set of storage classes with the uncompressed syntaxes. Deflated Explicit VR Little Endian is
+  never proposed: a peer that honours it deflates every object on the fly, for nothing.
 - :class:`CMove` asks the peer to send to ``move_aet``; :class:`StorageSCP` listens for the life
   of the mount and routes each arriving instance to the C-MOVE it belongs to by the Move
   Originator Message ID of its C-STORE (each C-MOVE in flight has its own message ID, so
@@ -26,7 +29,6 @@ from dataclasses import dataclass, field
 import trio
 from pydicom.dataset import Dataset
 from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -54,11 +56,12 @@ from trolleyfs.model import InstanceReference, Reference, SeriesReference
 
 log = logging.getLogger(__name__)
 
-UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian]
+UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
 COMMON = [
     ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1,
-    JPEGLSLossless, JPEG2000Lossless, JPEG2000, RLELossless, DeflatedExplicitVRLittleEndian,
+    JPEGLSLossless, JPEG2000Lossless, JPEG2000, RLELossless,
 ]
+"""The syntaxes PACSs store images in; each is offered as a context of its own for known classes."""
 DEFAULT_STORAGE_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.2",  # CT
     "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
@@ -93,6 +96,34 @@ DEFAULT_STORAGE_CLASSES = (
     "1.2.840.10008.5.1.4.1.1.11.1",  # grayscale softcopy presentation state
     "1.2.840.10008.5.1.4.1.1.77.1.4",  # VL photographic
 )
+_CT, _MR = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+_SECONDARY_CAPTURE = ("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.4")
+_SR = ("1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33")
+MODALITY_CLASSES = {
+    "CT": (_CT, f"{_CT}.1"),
+    "MR": (_MR, f"{_MR}.1"),
+    "CR": ("1.2.840.10008.5.1.4.1.1.1",),
+    "DX": ("1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1"),
+    "MG": ("1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.13.1.3"),
+    "US": ("1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1"),
+    "NM": ("1.2.840.10008.5.1.4.1.1.20",),
+    "PT": ("1.2.840.10008.5.1.4.1.1.128", "1.2.840.10008.5.1.4.1.1.130"),
+    "XA": ("1.2.840.10008.5.1.4.1.1.12.1",),
+    "RF": ("1.2.840.10008.5.1.4.1.1.12.2",),
+    "XC": ("1.2.840.10008.5.1.4.1.1.77.1.4",),
+    "OT": _SECONDARY_CAPTURE,
+    "SC": _SECONDARY_CAPTURE,
+    "SR": _SR,
+    "KO": ("1.2.840.10008.5.1.4.1.1.88.59",),
+    "PR": ("1.2.840.10008.5.1.4.1.1.11.1",),
+    "SEG": ("1.2.840.10008.5.1.4.1.1.66.4",),
+    "DOC": ("1.2.840.10008.5.1.4.1.1.104.1",),
+    "RTIMAGE": ("1.2.840.10008.5.1.4.1.1.481.1",),
+    "RTDOSE": ("1.2.840.10008.5.1.4.1.1.481.2",),
+    "RTSTRUCT": ("1.2.840.10008.5.1.4.1.1.481.3",),
+    "RTPLAN": ("1.2.840.10008.5.1.4.1.1.481.5",),
+}
+"""The storage SOP classes a series of each Modality (PS3.3 C.7.3.1.1.1) usually holds."""
 _MAX_CONTEXTS = 127  # 128 presentation contexts at most, one of them for the retrieve itself
 _STATUS_SUCCESS = 0x0000
 _STATUS_OUT_OF_RESOURCES = 0xA700
@@ -113,11 +144,14 @@ def retrieve_identifier(reference: Reference) -> Dataset:
     return identifier
 
 
-def storage_contexts(sop_classes: tuple[str, ...]) -> list[PresentationContext]:
-    """Contexts to receive instances on: the known classes once per common syntax, then the
-    default classes with the uncompressed syntaxes, at most 127 in all."""
-    contexts = [build_context(uid, syntax) for uid in dict.fromkeys(sop_classes) for syntax in COMMON]
-    contexts += [build_context(uid, UNCOMPRESSED) for uid in DEFAULT_STORAGE_CLASSES if uid not in sop_classes]
+def storage_contexts(sop_classes: tuple[str, ...], modalities: tuple[str, ...] = ()) -> list[PresentationContext]:
+    """Contexts to receive instances on: the known classes (or, with none known, those the
+    modalities imply) once per common syntax, then the default classes with the uncompressed
+    syntaxes, at most 127 in all."""
+    likely = sop_classes or tuple(uid for modality in modalities for uid in MODALITY_CLASSES.get(modality, ()))
+    likely = tuple(dict.fromkeys(likely))
+    contexts = [build_context(uid, syntax) for uid in likely for syntax in COMMON]
+    contexts += [build_context(uid, UNCOMPRESSED) for uid in DEFAULT_STORAGE_CLASSES if uid not in likely]
     return contexts[:_MAX_CONTEXTS]
 
 
@@ -126,7 +160,7 @@ class _Receiver:
     """Hands instances arriving on pynetdicom threads to an async sink, remembering what failed."""
 
     sink: InstanceSink
-    expected_uid: str | None
+    expected: Reference
     token: trio.lowlevel.TrioToken = field(default_factory=trio.lowlevel.current_trio_token)
     received: int = 0
     error: BaseException | None = None
@@ -134,7 +168,7 @@ class _Receiver:
     def store(self, event: Event) -> int:
         try:
             data = event.encoded_dataset(include_meta=True)
-            trio.from_thread.run(store_bytes, self.sink, self.expected_uid, data, trio_token=self.token)
+            trio.from_thread.run(store_bytes, self.sink, self.expected, data, trio_token=self.token)
         except BaseException as exc:  # the peer gets a failure status; the error is raised later
             log.warning("storing a received instance failed: %s", exc)
             self.error = self.error or exc
@@ -172,8 +206,8 @@ class CGet:
         self.peer = peer
 
     async def fetch(self, reference: Reference, sink: InstanceSink) -> None:
-        receiver = _Receiver(sink, reference.instance_uid if isinstance(reference, InstanceReference) else None)
-        contexts = storage_contexts(reference.sop_class_uids)
+        receiver = _Receiver(sink, reference)
+        contexts = storage_contexts(reference.sop_class_uids, reference.modalities)
         roles = [build_role(uid, scp_role=True) for uid in dict.fromkeys(c.abstract_syntax for c in contexts)]
         operation = f"C-GET {_describe(reference)} from {self.peer}"
         await self.peer.run(
@@ -195,14 +229,6 @@ class CGet:
 class _Route:
     reference: Reference
     receiver: _Receiver
-
-    def wants(self, study_uid: str, series_uid: str, instance_uid: str) -> bool:
-        ref = self.reference
-        if ref.study_uid != study_uid:
-            return False
-        if isinstance(ref, (SeriesReference, InstanceReference)) and ref.series_uid != series_uid:
-            return False
-        return not isinstance(ref, InstanceReference) or ref.instance_uid == instance_uid
 
 
 class StorageSCP:
@@ -267,8 +293,8 @@ class StorageSCP:
             if originator is not None:
                 route = self._routes.get(int(originator))
             else:
-                route = next((r for r in self._routes.values() if r.wants(*uids)), None)
-        if route is None or not route.wants(*uids):
+                route = next((r for r in self._routes.values() if r.reference.admits(*uids)), None)
+        if route is None or not route.reference.admits(*uids):
             log.warning("refusing an instance nobody asked for: %s from %s", uids[2], event.assoc.requestor.ae_title)
             return _STATUS_CANNOT_UNDERSTAND
         return route.receiver.store(event)
@@ -280,7 +306,7 @@ class CMove:
         self.scp = scp
 
     async def fetch(self, reference: Reference, sink: InstanceSink) -> None:
-        receiver = _Receiver(sink, reference.instance_uid if isinstance(reference, InstanceReference) else None)
+        receiver = _Receiver(sink, reference)
         operation = f"C-MOVE {_describe(reference)} from {self.peer} to {self.scp.ae_title}"
         message_id, done = self.scp.expect(_Route(reference, receiver))
         try:

@@ -27,7 +27,7 @@ from trolleyfs.backends.dimse_retrieve import COMMON
 from trolleyfs.backends.http import HttpSession, checked_uid, loggable
 from trolleyfs.backends.multipart import MultipartReader, boundary_of
 from trolleyfs.backends.safe_xml import parse_xml
-from trolleyfs.errors import NeedsInstances, PacsError, PacsProtocolError
+from trolleyfs.errors import NeedsInstances, PacsError, PacsProtocolError, UnrequestedInstance
 from trolleyfs.model import InstanceReference, Reference, SeriesReference
 
 ACTION = "urn:ihe:rad:2009:RetrieveImagingDocumentSet"
@@ -84,14 +84,15 @@ class Rad69:
         }
         where = f"RAD-69 {loggable(self.url)}"
         received: set[str] = set()
+        asked = {uid: InstanceReference(study_uid=study_uid, series_uid=series_uid, instance_uid=uid) for uid in uids}
         async with self.session.stream(self.url, headers, method="POST", content=body) as response:
             content_type = response.headers.get("content-type", "")
             if content_type.startswith("multipart/"):
-                envelope = await _stream_mtom(response.aiter_bytes(), content_type, sink, received, where)
+                envelope = await _stream_mtom(response.aiter_bytes(), content_type, sink, asked, received, where)
             else:
                 envelope = parse_envelope(await response.aread(), where)
         for uid, data in envelope.inline.items():
-            await store_bytes(sink, uid, data)
+            await store_bytes(sink, _asked(asked, uid, where), data)
             received.add(uid)
         missing = [uid for uid in uids if uid not in received]
         if missing:
@@ -99,8 +100,15 @@ class Rad69:
             raise PacsError(f"{where}: {len(missing)} of {len(uids)} instances not returned ({reasons})")
 
 
+def _asked(asked: dict[str, InstanceReference], uid: str, where: str) -> InstanceReference:
+    if uid not in asked:
+        raise UnrequestedInstance(f"{where}: the answer holds a document that was not asked for")
+    return asked[uid]
+
+
 async def _stream_mtom(
-    chunks: AsyncIterator[bytes], content_type: str, sink: InstanceSink, received: set[str], where: str
+    chunks: AsyncIterator[bytes], content_type: str, sink: InstanceSink, asked: dict[str, InstanceReference],
+    received: set[str], where: str,
 ) -> Envelope:
     """Read an MTOM answer: the envelope first, then each attachment into the sink by Content-ID."""
     envelope: Envelope | None = None
@@ -117,7 +125,7 @@ async def _stream_mtom(
             raise PacsProtocolError(f"{where}: a part with Content-ID {content_id!r} that no document refers to")
         if uid in received:
             raise PacsProtocolError(f"{where}: instance {uid} sent twice")
-        await store(sink, uid, part.content)
+        await store(sink, _asked(asked, uid, where), part.content)
         received.add(uid)
     if envelope is None:
         raise PacsProtocolError(f"{where}: multipart answer without parts")

@@ -93,6 +93,7 @@ class Backends:
                 dimse_timeout=config.dimse_timeout or config.timeout,
                 network_timeout=config.network_timeout or config.timeout,
                 max_associations=config.max_associations,
+                idle_time=config.dimse_idle_time,
             )
             self._stack.callback(self._peer.close)
         return self._peer

@@ -26,16 +26,16 @@ class WadoRS:
 
     async def fetch(self, reference: Reference, sink: InstanceSink) -> None:
         url = build_url(self.url, _path(reference))
-        expected_uid = reference.instance_uid if isinstance(reference, InstanceReference) else None
+        single = isinstance(reference, InstanceReference)
         parts_seen = 0
         async with self.session.stream(url, ACCEPT_DICOM_MULTIPART) as response:
             reader = MultipartReader(response.aiter_bytes(), boundary_of(response.headers.get("content-type", "")))
             async for part in reader.parts():
                 if not part.content_type.startswith("application/dicom"):
                     raise PacsProtocolError(f"WADO-RS {url}: part of type {part.content_type!r}")
-                if expected_uid and parts_seen:
+                if single and parts_seen:
                     raise PacsProtocolError(f"WADO-RS {url}: more than one part for one instance")
-                await store(sink, expected_uid, part.content)
+                await store(sink, reference, part.content)
                 parts_seen += 1
         if not parts_seen:
             raise PacsProtocolError(f"WADO-RS {url}: answer has no instances")

@@ -30,4 +30,4 @@ class WadoURI:
             content_type = response.headers.get("content-type", "")
             if not content_type.startswith("application/dicom"):
                 raise PacsProtocolError(f"WADO-URI {url}: answer of type {content_type!r}, not application/dicom")
-            await store(sink, reference.instance_uid, response.aiter_bytes())
+            await store(sink, reference, response.aiter_bytes())

@@ -141,6 +141,12 @@ class SeriesDir(Directory):
         self.study_dir, self.series, self.mtime = study_dir, series, study_dir.mtime
         return self
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The series' Modality as its search told it (a hint for downloaders), if it did."""
+        modality = text_of(self.series.attributes.get("Modality"))
+        return (modality,) if modality else ()
+
     def instance_query(self) -> Query:
         query = Query(
             StudyInstanceUID=self.study_dir.study.uid, SeriesInstanceUID=self.series.uid,
@@ -218,6 +224,7 @@ class InstanceFile(File):
             series_uid=self.series_dir.series.uid,
             instance_uid=self.uid,
             sop_class_uid=text_of(self.instance.attributes.get("SOPClassUID")),
+            modalities=self.series_dir.modalities,
         )
 
     async def open(self) -> OpenFile:
@@ -243,7 +250,10 @@ class InstanceFile(File):
             reference = self.reference
             sop_classes = tuple(sorted({node.reference.sop_class_uid for node in siblings} - {""}))
             self.mount.trolley.read_ahead(
-                SeriesReference(study_uid=reference.study_uid, series_uid=reference.series_uid, sop_class_uids=sop_classes)
+                SeriesReference(
+                    study_uid=reference.study_uid, series_uid=reference.series_uid, sop_class_uids=sop_classes,
+                    modalities=reference.modalities,
+                )
             )
 
     async def xattrs(self) -> dict[str, bytes]:

@@ -86,9 +86,11 @@ class Fault:
     kind: str
     """Request kind it applies to: qido, wado-rs, wado-uri, mint, rad69, or * for all."""
     action: str
-    """status | hang | garbage | empty | truncate | stall | wrong-instance | not-dicom | kill |
-    xml-bomb | xml-external (MINT, RAD-69) | missing (RAD-69: one document reported missing) |
-    trickle (multipart: midway, one byte every 50 ms until released)"""
+    """status | echo (an error status whose body quotes the request) | hang | garbage | empty |
+    truncate | stall | wrong-instance | not-dicom | kill | xml-bomb | xml-external (MINT, RAD-69) |
+    missing (RAD-69: one document reported missing) | trickle (multipart: midway, one byte every
+    50 ms until released) | omit-first, forge (WADO-RS study and series answers: the first instance
+    left out; another instance's UID added with other bytes)"""
     status: int = 503
     retry_after: int | None = None
     """With action status: the Retry-After header to send."""
@@ -406,7 +408,12 @@ class _Handler(BaseHTTPRequestHandler):
         instances = self.pacs.matching(dict(zip(names, segments[1::2])))
         if not instances:
             return self._error(404, "no such study, series or instance")
+        if corruption == "omit-first" and len(instances) > 1:  # one it "cannot send in that syntax"
+            instances = instances[1:]
         parts = [("Content-Type: application/dicom", self._corrupted(instance, corruption)) for instance in instances]
+        if corruption == "forge" and len(instances) > 1:  # plant another instance's UID, other bytes
+            outsider = next(i for i in self.pacs.instances.values() if i not in instances)
+            parts.append(("Content-Type: application/dicom", outsider.data[:-1] + bytes([outsider.data[-1] ^ 0xFF])))
         self._stream_multipart('multipart/related; type="application/dicom"', parts, corruption)
 
     def _stream_multipart(self, content_type: str, parts: list[tuple[str, bytes]], corruption: str) -> None:
