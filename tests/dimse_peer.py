@@ -124,6 +124,8 @@ class FakeDimsePeer:
                 if element.keyword in ds:
                     setattr(answer, element.keyword, ds.get(element.keyword))
             answer.QueryRetrieveLevel = event.identifier.QueryRetrieveLevel
+            if "SpecificCharacterSet" in ds:  # it answers in the character set it stores, whatever was asked
+                answer.SpecificCharacterSet = ds.SpecificCharacterSet
             yield 0xFF01 if self.mode == "pending-ff01" else 0xFF00, answer
 
     def _get(self, event):

@@ -22,6 +22,10 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pydicom.datadict import tag_for_keyword
 
 
+PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+"""The component groups of a person name (PS3.5 6.2.1), ``=``-separated in its text form and
+the keys of its DICOM JSON object (PS3.18 F.2.2)."""
+
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 
 

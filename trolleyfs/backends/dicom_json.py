@@ -7,6 +7,7 @@ from typing import Any
 from pydicom.datadict import keyword_for_tag
 
 from trolleyfs.errors import PacsProtocolError
+from trolleyfs.model import PN_GROUPS
 
 
 def record_from_dicom_json(dataset: Any) -> dict[str, Any]:
@@ -31,6 +32,8 @@ def record_from_dicom_json(dataset: Any) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, dict) and "Alphabetic" in value:
-        return value["Alphabetic"]
+    """A DICOM JSON value as the text a C-FIND answer would hold: a person name object becomes
+    ``Alphabetic=Ideographic=Phonetic`` (trailing empty groups left out)."""
+    if isinstance(value, dict):
+        return "=".join(str(value.get(group) or "") for group in PN_GROUPS).rstrip("=")
     return value

@@ -64,9 +64,14 @@ class DicomQR:
 
 
 def find_identifier(query: Query) -> Dataset:
+    """The C-FIND identifier of ``query``; in UTF-8 (ISO_IR 192) when a value needs more than
+    ASCII. Answers are decoded by the character set each one declares, whatever we asked in."""
     identifier = Dataset()
+    keys = query.matching_keys()
+    if not all(value.isascii() for value in keys.values()):
+        identifier.SpecificCharacterSet = "ISO_IR 192"
     identifier.QueryRetrieveLevel = DIMSE_LEVEL[query.query_level]
-    for keyword, value in query.matching_keys().items():
+    for keyword, value in keys.items():
         setattr(identifier, keyword, value)
     return_keys = (*_UNIQUE_KEYS[query.query_level], *LISTING_FIELDS[query.query_level], *query.include_fields)
     for keyword in return_keys:

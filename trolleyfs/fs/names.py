@@ -10,8 +10,9 @@ Rules (docs/semantics.md repeats them for users):
   ``study_name``, ``series_name``, ``instance_name``); by default
   ``<StudyDate>_<StudyDescription>_<StudyInstanceUID>``,
   ``<SeriesNumber>_<Modality>_<SeriesDescription>_<SeriesInstanceUID>`` and
-  ``<InstanceNumber>_<SOPInstanceUID>.dcm``. Values are reduced to ``[A-Za-z0-9 +.-]`` and
-  shortened; missing ones are left out. If two entries still end up with one name, later ones (by
+  ``<InstanceNumber>_<SOPInstanceUID>.dcm``. Values are reduced to letters and digits of any
+  script (NFC), space and ``+.-``, and shortened (names stay within 240 bytes of UTF-8); missing
+  ones are left out. If two entries still end up with one name, later ones (by
   UID order) get ``~2``, ``~3``...
 """
 
@@ -22,6 +23,7 @@ import hashlib
 import re
 import string
 import time
+import unicodedata
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -29,10 +31,10 @@ from pydicom.datadict import tag_for_keyword
 
 _PATIENT_SAFE = " !#$&'()+,-.;=@[]^_`{|}~"
 _EMPTY_PATIENT_ID = "%"
-_UNSAFE_PART = re.compile(r"[^A-Za-z0-9 +.-]+")
+_UNSAFE_PART = re.compile(r"(?:[^\w +.-]|_)+")  # \w: letters and digits of any script (and _, the separator)
 _UNSAFE_LITERAL = re.compile(r"[^A-Za-z0-9 +._-]+")
 _MAX_PART = 48
-_MAX_NAME = 240  # bytes; the kernel allows 255 (names here are ASCII)
+_MAX_NAME = 240  # bytes of UTF-8; the kernel allows 255
 _FORMATTER = string.Formatter()
 
 DEFAULT_STUDY_NAME = "{StudyDate}_{StudyDescription}_{StudyInstanceUID}"
@@ -94,7 +96,7 @@ class NameTemplate:
             _UNSAFE_LITERAL.sub("-", literal) + _field_text(attributes.get(name), name, spec)
             for literal, name, spec, _ in self._parsed
         )
-        text = re.sub(r"_{2,}", "_", text).strip("_ .-")[: _MAX_NAME - len(self.suffix) - 8].rstrip("_ .-")
+        text = _clip(re.sub(r"_{2,}", "_", text).strip("_ .-"), _MAX_NAME - len(self.suffix) - 8).rstrip("_ .-")
         return (text or "unnamed") + self.suffix
 
 
@@ -126,7 +128,13 @@ def _text(value: Any) -> str:
 
 def _part(value: Any, limit: int = _MAX_PART) -> str:
     text = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    text = unicodedata.normalize("NFC", text)
     return _UNSAFE_PART.sub("-", text).strip(" .-")[:limit].strip(" .-")
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, never inside a character."""
+    return text.encode("utf-8", "surrogateescape")[:max_bytes].decode("utf-8", "ignore")
 
 
 def _uid_part(uid: str) -> str:

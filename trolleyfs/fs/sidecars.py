@@ -17,6 +17,8 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from trolleyfs.model import PN_GROUPS
+
 log = logging.getLogger(__name__)
 
 XATTR_PREFIX = "user.dicom."
@@ -71,7 +73,7 @@ def _json_value(vr: str, item: Any) -> Any:
     if item in ("", None):
         return None
     if vr == "PN":
-        return {"Alphabetic": str(item)}
+        return {group: text for group, text in zip(PN_GROUPS, str(item).split("=")) if text}
     if (number := _NUMBER_VRS.get(vr)) is not None:
         try:
             return number(item)
