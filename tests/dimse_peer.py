@@ -32,7 +32,10 @@ class FakeDimsePeer:
         self.mode = "normal"
         """normal | reject | fail | hang | abort-after-N (C-GET sends N instances, then aborts) |
         crossed-moves (the first C-MOVE sends its instances only after the second has sent all of its) |
-        pending-ff01 (C-FIND answers carry status 0xFF01: optional keys not supported)"""
+        pending-ff01 (C-FIND answers carry status 0xFF01: optional keys not supported) |
+        strict-hierarchy (as dcmqrscp: 0xC001 for a SERIES search without StudyInstanceUID or an
+        IMAGE search without SeriesInstanceUID)"""
+        self.finds = 0
         self.releases = 0
         """Associations the other side released (A-RELEASE)."""
         self.aborts = 0
@@ -90,7 +93,7 @@ class FakeDimsePeer:
         self._server.shutdown()
 
     def _matching(self, identifier: Dataset) -> list[Dataset]:
-        keys = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        keys = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")  # exact matches only
         return [
             ds for ds in self.datasets
             if all(not identifier.get(key) or ds.get(key) == identifier.get(key) for key in keys)
@@ -109,6 +112,12 @@ class FakeDimsePeer:
         self.associations += 1
 
     def _find(self, event):
+        self.finds += 1
+        identifier = event.identifier
+        parent_key = {"SERIES": "StudyInstanceUID", "IMAGE": "SeriesInstanceUID"}.get(identifier.QueryRetrieveLevel)
+        if self.mode == "strict-hierarchy" and parent_key and not identifier.get(parent_key):
+            yield 0xC001, None
+            return
         if self.mode == "fail":
             yield 0xA700, None
             return

@@ -218,3 +218,30 @@ def test_c_get_proposes_the_stored_syntaxes_of_the_classes_a_modality_implies_an
     ct_syntaxes = [c.transfer_syntax[0] for c in contexts if c.abstract_syntax == "1.2.840.10008.5.1.4.1.1.2"]
     assert ct_syntaxes == [str(s) for s in COMMON]  # one context per syntax: the PACS sends what it stores
     assert all(DeflatedExplicitVRLittleEndian not in c.transfer_syntax for c in storage_contexts(("1.2.3",), ("MR",)))
+
+
+@pytest.mark.parametrize("level", ["SERIES", "INSTANCE"])
+async def test_searches_without_the_parent_uid_are_asked_level_by_level(peer, level):
+    """A strict Q/R SCP (dcmqrscp) refuses a SERIES search without StudyInstanceUID and an IMAGE
+    search without SeriesInstanceUID: they are asked hierarchically, as the baseline has it."""
+    from trolleyfs.backends.dicom_qr import DicomQR
+    from trolleyfs.backends.dimse import DimsePeer
+    from trolleyfs.config import parse_dimse_url
+    from trolleyfs.model import Query, QueryLevel
+
+    peer.mode = "strict-hierarchy"
+    patient_id = str(peer.datasets[0].PatientID)
+    mine = [ds for ds in peer.datasets if ds.PatientID == patient_id]
+    with peer:
+        dimse = DimsePeer(parse_dimse_url(peer.url), calling_aet="TEST", acse_timeout=5, dimse_timeout=10,
+                          network_timeout=10)
+        try:
+            studies = await DicomQR(dimse).find_studies(Query(PatientID=patient_id, query_level=QueryLevel[level]))
+        finally:
+            dimse.close()
+    found_series = {series.uid for study in studies for series in study.series}
+    assert found_series == {str(ds.SeriesInstanceUID) for ds in mine}
+    if level == "INSTANCE":
+        found = {instance.uid for study in studies for series in study.series for instance in series.instances}
+        assert found == {str(ds.SOPInstanceUID) for ds in mine}
+    assert all(study.attributes.get("PatientID") == patient_id for study in studies)

@@ -4,6 +4,11 @@ The same :class:`~trolleyfs.model.Query` as QIDO-RS: matching keys with wildcard
 ranges, the level's usual return keys plus ``include_fields``. Every status is read: pending
 answers are collected, success and cancel end the search, warnings are logged, failures and a
 missing status (timeout, abort) raise PacsError.
+
+Searches are hierarchical, as PS3.4 C.4.1.2.1 has them (relational queries are an option few
+SCPs offer; dcmqrscp answers 0xC001 without it): a SERIES search without a StudyInstanceUID, or
+an IMAGE search without a SeriesInstanceUID, is asked level by level, each answer of the level
+above giving the UID the next search needs and the attributes of its level.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from trolleyfs.backends.dimse import DimsePeer, failure, record_from_identifier, status_category
-from trolleyfs.model import LISTING_FIELDS, Query, QueryLevel, Studies, build_studies
+from trolleyfs.model import LISTING_FIELDS, Query, QueryLevel, Studies, build_studies, is_uid
 
 log = logging.getLogger(__name__)
 
 DIMSE_LEVEL = {QueryLevel.STUDY: "STUDY", QueryLevel.SERIES: "SERIES", QueryLevel.INSTANCE: "IMAGE"}
+_PARENT = {QueryLevel.SERIES: (QueryLevel.STUDY, "StudyInstanceUID"), QueryLevel.INSTANCE: (QueryLevel.SERIES, "SeriesInstanceUID")}
+"""The level above each level, and the unique key of it a search at this level must name."""
 _UNIQUE_KEYS = {
     QueryLevel.STUDY: ("StudyInstanceUID",),
     QueryLevel.SERIES: ("StudyInstanceUID", "SeriesInstanceUID"),
@@ -34,13 +41,31 @@ class DicomQR:
         self.peer = peer
 
     async def find_studies(self, query: Query) -> Studies:
+        return build_studies(await self._records(query), query.query_level)
+
+    async def _records(self, query: Query) -> list[dict[str, Any]]:
+        parent = _PARENT.get(query.query_level)
+        if parent is None or is_uid(getattr(query, parent[1])):
+            return await self._find_records(query)
+        level, _ = parent
+        above = query.model_copy(update={"query_level": level, **({"SeriesInstanceUID": ""} if level is QueryLevel.STUDY else {})})
+        records: list[dict[str, Any]] = []
+        for parent_record in await self._records(above):
+            uids = {key: str(parent_record.get(key, "")) for key in _UNIQUE_KEYS[level]}
+            if not all(is_uid(uid) for uid in uids.values()):
+                continue  # the next search could not name it
+            below = Query(**{"SeriesInstanceUID": query.SeriesInstanceUID, **uids}, query_level=query.query_level,
+                          include_fields=query.include_fields)
+            records += [{**parent_record, **record} for record in await self._find_records(below)]
+        return records
+
+    async def _find_records(self, query: Query) -> list[dict[str, Any]]:
         identifier = find_identifier(query)
-        records = await self.peer.run(
+        return await self.peer.run(
             [build_context(StudyRootQueryRetrieveInformationModelFind)],
             lambda association: self._find(association, identifier, query.limit),
             reuse="find",
         )
-        return build_studies(records, query.query_level)
 
     def _find(self, association: Association, identifier: Dataset, limit: int | None) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
