@@ -34,7 +34,8 @@ class FakeDimsePeer:
         crossed-moves (the first C-MOVE sends its instances only after the second has sent all of its) |
         pending-ff01 (C-FIND answers carry status 0xFF01: optional keys not supported) |
         strict-hierarchy (as dcmqrscp: 0xC001 for a SERIES search without StudyInstanceUID or an
-        IMAGE search without SeriesInstanceUID)"""
+        IMAGE search without SeriesInstanceUID) | refuse-return-keys (0xC000 to any C-FIND asking
+        back more than the unique keys)"""
         self.finds = 0
         self.releases = 0
         """Associations the other side released (A-RELEASE)."""
@@ -120,6 +121,10 @@ class FakeDimsePeer:
             return
         if self.mode == "fail":
             yield 0xA700, None
+            return
+        unique = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "QueryRetrieveLevel"}
+        if self.mode == "refuse-return-keys" and any(e.keyword not in unique and not e.value for e in identifier):
+            yield 0xC000, None
             return
         if self.mode == "hang":
             deadline = time.monotonic() + 60

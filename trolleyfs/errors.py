@@ -11,7 +11,7 @@
     ├── NeedsInstances             EIO     a downloader needs instance UIDs the reference lacks
     ├── PacsError                  EIO     the PACS failed: unreachable, timed out, garbage
     │   ├── PacsProtocolError      EIO     the PACS answered something that breaks the protocol
-    │   │   ├── PacsBadRequest     EIO     the PACS refused the request itself (HTTP 400)
+    │   │   ├── PacsBadRequest     EIO     the PACS refused the request itself (HTTP 400, C-FIND 0xA900/0xCxxx)
     │   │   └── UnrequestedInstance EIO    the PACS sent an instance outside what was asked
     │   └── PacsRefused            EACCES  the PACS refused us: credentials, AE title
     └── CacheError                 EIO     the disk cache cannot hold or publish a file
@@ -78,7 +78,8 @@ class PacsProtocolError(PacsError):
 
 
 class PacsBadRequest(PacsProtocolError):
-    """The PACS refused what we asked as malformed (HTTP 400): a searcher may ask again with less."""
+    """The PACS refused what we asked as malformed (HTTP 400, a C-FIND 0xA900 or 0xCxxx status): a
+    searcher may ask again with less."""
 
 
 class UnrequestedInstance(PacsProtocolError):

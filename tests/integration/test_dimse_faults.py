@@ -245,3 +245,13 @@ async def test_searches_without_the_parent_uid_are_asked_level_by_level(peer, le
         found = {instance.uid for study in studies for series in study.series for instance in series.instances}
         assert found == {str(ds.SOPInstanceUID) for ds in mine}
     assert all(study.attributes.get("PatientID") == patient_id for study in studies)
+
+
+def test_a_c_find_peer_refusing_return_keys_still_lists_and_reads(mount, pacs, peer):
+    peer.mode = "refuse-return-keys"
+    with peer:
+        mounted = mount(peer.url)
+        files = mounted.files()
+        assert len(files) == len(peer.datasets)
+        assert files[0].read_bytes()[128:132] == b"DICM"
+        assert "asking without them" in mounted.log_text()

@@ -22,11 +22,15 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from trolleyfs.backends.dimse import DimsePeer, failure, record_from_identifier, status_category
+from trolleyfs.backends.optional_fields import OptionalFields
+from trolleyfs.errors import PacsBadRequest
 from trolleyfs.model import LISTING_FIELDS, Query, QueryLevel, Studies, build_studies, is_uid
 
 log = logging.getLogger(__name__)
 
 DIMSE_LEVEL = {QueryLevel.STUDY: "STUDY", QueryLevel.SERIES: "SERIES", QueryLevel.INSTANCE: "IMAGE"}
+_IDENTIFIER_DOES_NOT_MATCH = 0xA900
+_UNABLE_TO_PROCESS = 0xC000
 _PARENT = {QueryLevel.SERIES: (QueryLevel.STUDY, "StudyInstanceUID"), QueryLevel.INSTANCE: (QueryLevel.SERIES, "SeriesInstanceUID")}
 """The level above each level, and the unique key of it a search at this level must name."""
 _UNIQUE_KEYS = {
@@ -39,28 +43,32 @@ _UNIQUE_KEYS = {
 class DicomQR:
     def __init__(self, peer: DimsePeer) -> None:
         self.peer = peer
+        self._optional_fields = OptionalFields("C-FIND")
 
     async def find_studies(self, query: Query) -> Studies:
-        return build_studies(await self._records(query), query.query_level)
+        return await self._optional_fields.search(query.query_level, lambda with_fields: self._search(query, with_fields))
 
-    async def _records(self, query: Query) -> list[dict[str, Any]]:
+    async def _search(self, query: Query, with_fields: bool) -> Studies:
+        return build_studies(await self._records(query, with_fields), query.query_level)
+
+    async def _records(self, query: Query, with_fields: bool = True) -> list[dict[str, Any]]:
         parent = _PARENT.get(query.query_level)
         if parent is None or is_uid(getattr(query, parent[1])):
-            return await self._find_records(query)
+            return await self._find_records(query, with_fields)
         level, _ = parent
         above = query.model_copy(update={"query_level": level, **({"SeriesInstanceUID": ""} if level is QueryLevel.STUDY else {})})
         records: list[dict[str, Any]] = []
-        for parent_record in await self._records(above):
+        for parent_record in await self._records(above, with_fields):
             uids = {key: str(parent_record.get(key, "")) for key in _UNIQUE_KEYS[level]}
             if not all(is_uid(uid) for uid in uids.values()):
                 continue  # the next search could not name it
             below = Query(**{"SeriesInstanceUID": query.SeriesInstanceUID, **uids}, query_level=query.query_level,
                           include_fields=query.include_fields)
-            records += [{**parent_record, **record} for record in await self._find_records(below)]
+            records += [{**parent_record, **record} for record in await self._find_records(below, with_fields)]
         return records
 
-    async def _find_records(self, query: Query) -> list[dict[str, Any]]:
-        identifier = find_identifier(query)
+    async def _find_records(self, query: Query, with_fields: bool) -> list[dict[str, Any]]:
+        identifier = find_identifier(query, with_fields)
         return await self.peer.run(
             [build_context(StudyRootQueryRetrieveInformationModelFind)],
             lambda association: self._find(association, identifier, query.limit),
@@ -83,14 +91,17 @@ class DicomQR:
                 break
             elif category == "Warning":
                 log.warning("%s: warning status 0x%04X", operation, code)
+            elif code == _IDENTIFIER_DOES_NOT_MATCH or code & 0xF000 == _UNABLE_TO_PROCESS:
+                raise PacsBadRequest(str(failure(status, operation, code)))  # maybe our return keys: ask without
             else:
                 raise failure(status, operation, code)
         return records
 
 
-def find_identifier(query: Query) -> Dataset:
+def find_identifier(query: Query, with_fields: bool = True) -> Dataset:
     """The C-FIND identifier of ``query``; in UTF-8 (ISO_IR 192) when a value needs more than
-    ASCII. Answers are decoded by the character set each one declares, whatever we asked in."""
+    ASCII. Answers are decoded by the character set each one declares, whatever we asked in.
+    Without ``with_fields`` it asks back the unique keys only (a server refusing return keys)."""
     identifier = Dataset()
     keys = query.matching_keys()
     if not all(value.isascii() for value in keys.values()):
@@ -98,7 +109,8 @@ def find_identifier(query: Query) -> Dataset:
     identifier.QueryRetrieveLevel = DIMSE_LEVEL[query.query_level]
     for keyword, value in keys.items():
         setattr(identifier, keyword, value)
-    return_keys = (*_UNIQUE_KEYS[query.query_level], *LISTING_FIELDS[query.query_level], *query.include_fields)
+    optional = (*LISTING_FIELDS[query.query_level], *query.include_fields) if with_fields else ()
+    return_keys = (*_UNIQUE_KEYS[query.query_level], *optional)
     for keyword in return_keys:
         if keyword not in identifier:
             setattr(identifier, keyword, None)

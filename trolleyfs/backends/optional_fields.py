@@ -1,7 +1,8 @@
 """Searching a server that may refuse the optional return fields we ask for.
 
 Some servers answer HTTP 400 to return fields they do not support (a QIDO-RS ``includefield``,
-a MINT ``IncludeFields`` outside its list). The search is then asked again without them; if that
+a MINT ``IncludeFields`` outside its list), and some C-FIND SCPs a failure status (0xA900, or
+0xCxxx "unable to process") to return keys they do not know. The search is then asked again without them; if that
 works, the level is remembered and later searches at it ask without them too. A 400 that asking
 without fields does not cure is the search's own error and changes nothing.
 """
@@ -32,7 +33,7 @@ class OptionalFields:
             if not with_fields:
                 raise
             answer = await search(False)
-            log.warning("%s refused the return fields asked at %s level (HTTP 400); asking without them",
+            log.warning("%s refused the return fields asked at %s level; asking without them",
                         self.protocol, level.value)
             self._refused.add(level)
             return answer
