@@ -23,6 +23,10 @@ from pynetdicom.sop_class import (
 from trolleyfs.testing.orthanc import free_port
 
 
+_UIDS = {"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"}
+_MINIMAL_ANSWERS = {"SERIES": {"Modality", "SeriesNumber", *_UIDS}, "IMAGE": {"InstanceNumber", *_UIDS}}
+
+
 class FakeDimsePeer:
     ae_title = "FAKE"
 
@@ -35,7 +39,8 @@ class FakeDimsePeer:
         pending-ff01 (C-FIND answers carry status 0xFF01: optional keys not supported) |
         strict-hierarchy (as dcmqrscp: 0xC001 for a SERIES search without StudyInstanceUID or an
         IMAGE search without SeriesInstanceUID) | refuse-return-keys (0xC000 to any C-FIND asking
-        back more than the unique keys)"""
+        back more than the unique keys) | minimal-answers (as dcmqrscp: SERIES answers hold only
+        Modality, SeriesNumber and the UIDs, IMAGE answers only InstanceNumber and the UIDs)"""
         self.finds = 0
         self.releases = 0
         """Associations the other side released (A-RELEASE)."""
@@ -132,10 +137,11 @@ class FakeDimsePeer:
                 if event.assoc.dul.state_machine.current_state == "Sta1":  # the peer aborted
                     self._on_abort(event)
                     return
+        allowed = _MINIMAL_ANSWERS.get(identifier.QueryRetrieveLevel) if self.mode == "minimal-answers" else None
         for ds in self._matching(event.identifier):
             answer = Dataset()
             for element in event.identifier:
-                if element.keyword in ds:
+                if element.keyword in ds and (allowed is None or element.keyword in allowed):
                     setattr(answer, element.keyword, ds.get(element.keyword))
             answer.QueryRetrieveLevel = event.identifier.QueryRetrieveLevel
             if "SpecificCharacterSet" in ds:  # it answers in the character set it stores, whatever was asked

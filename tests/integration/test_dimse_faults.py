@@ -255,3 +255,18 @@ def test_a_c_find_peer_refusing_return_keys_still_lists_and_reads(mount, pacs, p
         assert len(files) == len(peer.datasets)
         assert files[0].read_bytes()[128:132] == b"DICM"
         assert "asking without them" in mounted.log_text()
+
+
+def test_answers_without_sop_class_description_or_rows_still_name_size_and_download(mount, pacs, peer):
+    """As dcmqrscp answers: no SOPClassUID, SeriesDescription or Rows. C-GET then proposes the
+    storage classes the series' Modality implies."""
+    peer.mode = "minimal-answers"
+    with peer:
+        mounted = mount(peer.url, calling_aet="TROLLEY")
+        files = mounted.files()
+        assert len(files) == len(peer.datasets)
+        assert all(path.stat().st_size > 0 for path in files)  # estimated without Rows x Columns
+        for path in files[:: max(1, len(files) // 6)]:
+            data = path.read_bytes()
+            assert dataset_bytes(data) == dataset_bytes(stored(pacs, path))
+            assert path.stat().st_size == len(data)

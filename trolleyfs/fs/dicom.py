@@ -199,7 +199,7 @@ class InstanceFile(File):
     def showing(self, series_dir: SeriesDir, instance: Instance) -> InstanceFile:
         self.series_dir, self.instance, self.mtime = series_dir, instance, series_dir.mtime
         if not self.size_exact:
-            self.size = estimated_size(instance.attributes)
+            self.size = estimated_size(instance.attributes) or typical_size(series_dir.modalities)
         self.refresh()
         return self
 
@@ -292,6 +292,18 @@ def estimated_size(attributes: dict[str, Any]) -> int:
     samples = _int_or(attributes.get("SamplesPerPixel"), 1)
     frames = _int_or(attributes.get("NumberOfFrames"), 1)
     return rows * columns * samples * frames * ((bits + 7) // 8) + _HEADER_ALLOWANCE
+
+
+_TYPICAL_PIXELS = {  # rows x columns x bytes per pixel of a typical image of each modality
+    "CT": 512 * 512 * 2, "MR": 256 * 256 * 2, "PT": 128 * 128 * 2, "NM": 128 * 128 * 2, "CR": 2048 * 2048 * 2,
+    "DX": 2048 * 2048 * 2, "MG": 3328 * 4096 * 2, "US": 640 * 480 * 3, "XA": 1024 * 1024, "RF": 1024 * 1024,
+}
+
+
+def typical_size(modalities: tuple[str, ...]) -> int:
+    """An estimate when the search told no Rows and Columns (dcmqrscp does not): the pixel bytes
+    of a typical image of the modality (512 x 512 x 2 when unknown), so that no file looks empty."""
+    return _TYPICAL_PIXELS.get(modalities[0] if modalities else "", 512 * 512 * 2) + _HEADER_ALLOWANCE
 
 
 def _int_or(value: Any, default: int) -> int:
