@@ -293,3 +293,18 @@ async def test_instances_a_series_answer_leaves_out_are_fetched_singly(pacs, tmp
         for node in files:
             assert await read_all(fs, node.inode) == pacs.instances[node.uid].data
         assert fs.stats()["errors"] == {}
+
+
+async def test_no_read_ahead_of_a_series_whose_other_files_are_all_cached(pacs, tmp_path):
+    """The last file of a series a read-ahead delivers may be opened after it ended: reading the
+    series again for it is a whole series downloaded for nothing."""
+    async with filesystem_over(pacs, tmp_path) as fs:
+        files = list((await all_files(fs)).values())
+        series_uid = files[0].reference.series_uid
+        series = [node for node in files if node.reference.series_uid == series_uid]
+        for node in series[1:]:
+            await fs.trolley.download(node.reference)
+        requests = fs.stats()["download_requests"]
+        assert await read_all(fs, series[0].inode) == pacs.instances[series[0].uid].data
+        assert fs.trolley.downloads_in_flight == 0  # no read-ahead started
+        assert fs.stats()["download_requests"] == requests + 1

@@ -243,10 +243,13 @@ class InstanceFile(File):
 
     def _maybe_read_ahead(self, file_size: int) -> None:
         """After a file had to be downloaded, fetch the rest of its series in the background when
-        the series (as estimated from its listing) fits within ``readahead_max``."""
+        the series (as estimated from its listing) fits within ``readahead_max`` and some of it
+        is not cached yet (the file may have been the last one a read-ahead just delivered)."""
         siblings = [node for node in (self.series_dir.children or {}).values() if isinstance(node, InstanceFile)]
         estimate = sum(node.size or file_size for node in siblings)
-        if len(siblings) > 1 and estimate <= self.mount.settings.readahead_max:
+        cache = self.mount.trolley.cache
+        missing = any(node.uid not in cache for node in siblings)
+        if len(siblings) > 1 and missing and estimate <= self.mount.settings.readahead_max:
             reference = self.reference
             sop_classes = tuple(sorted({node.reference.sop_class_uid for node in siblings} - {""}))
             self.mount.trolley.read_ahead(
