@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pydicom
 
-from trolleyfs.testing.orthanc import free_port
+from trolleyfs.testing.orthanc import end_process, free_port
 
 _TOOLS = ("dcmqrscp", "storescu")
 _RECORD_KEYWORDS = (
@@ -84,13 +84,7 @@ class Dcmqrscp:
         raise RuntimeError(f"dcmqrscp did not listen within {timeout}s: {self._log_tail()}")
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        end_process(self._process)
         self._process = None
 
     def upload(self, files: Iterable[bytes]) -> None:

@@ -28,6 +28,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def end_process(process: subprocess.Popen | None) -> None:
+    """Stop a child server: SIGTERM, and SIGKILL if it has not ended 30 s later."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def orthanc_missing() -> str | None:
     """Why Orthanc cannot run here, or None."""
     if shutil.which("Orthanc") is None:
@@ -102,13 +114,7 @@ class Orthanc(DicomWebEndpoints):
         raise RuntimeError(f"Orthanc did not answer within {timeout}s")
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        end_process(self._process)
         self._process = None
 
     def _client(self) -> httpx.Client:
