@@ -34,7 +34,10 @@ def parse_size(value: Any) -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(value), re.IGNORECASE)
     if not match:
         raise ValueError(f"not a size: {value!r} (use e.g. 2G, 500M, 4096)")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    try:
+        return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+    except OverflowError:
+        raise ValueError(f"size too large: {value!r}") from None
 
 
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
@@ -340,20 +343,61 @@ def _scheme(url: str) -> str:
     return urlsplit(url).scheme if url else ""
 
 
+_Escaped = list[tuple[str, bool]]
+"""Characters of an option, each with whether a backslash escaped it."""
+
+
 def parse_mount_options(text: str) -> dict[str, str]:
-    """``a=1,b=2`` -> {'a': '1', 'b': '2'}; a bare ``flag`` means ``flag=true``; ``\\,`` is a
-    comma inside a value (as libfuse's option parser has it)."""
+    """``a=1,b=2`` -> {'a': '1', 'b': '2'}; a bare ``flag`` means ``flag=true``. As in libfuse's
+    option parser, a backslash makes the next character plain: ``\\,`` is a comma inside a
+    value, ``\\\\`` a backslash. Spaces around an option and its key are dropped unless escaped."""
     options: dict[str, str] = {}
-    items = [part.replace("\0", ",") for part in text.replace("\\,", "\0").split(",")]
-    for item in filter(None, (part.strip() for part in items)):
-        key, sep, value = item.partition("=")
-        options[key.strip()] = value if sep else "true"
+    for item in _split_options(text):
+        item = _strip(item)
+        if not item:
+            continue
+        cut = next((index for index, (char, escaped) in enumerate(item) if char == "=" and not escaped), None)
+        key = _strip(item if cut is None else item[:cut])
+        options["".join(char for char, _ in key)] = "true" if cut is None else "".join(char for char, _ in item[cut + 1 :])
     return options
+
+
+def _split_options(text: str) -> list[_Escaped]:
+    items: list[_Escaped] = [[]]
+    chars = iter(text)
+    for char in chars:
+        if char == "\\":
+            following = next(chars, None)
+            items[-1].append(("\\", False) if following is None else (following, True))
+        elif char == ",":
+            items.append([])
+        else:
+            items[-1].append((char, False))
+    return items
+
+
+def _strip(item: _Escaped) -> _Escaped:
+    start, end = 0, len(item)
+    while start < end and item[start][0].isspace() and not item[start][1]:
+        start += 1
+    while end > start and item[end - 1][0].isspace() and not item[end - 1][1]:
+        end -= 1
+    return item[start:end]
 
 
 def join_mount_options(options: Mapping[str, object]) -> str:
     """The inverse of :func:`parse_mount_options`."""
-    return ",".join(f"{key}={str(value).replace(',', chr(92) + ',')}" for key, value in options.items())
+    return ",".join(f"{_escape(str(key))}={_escape(str(value))}" for key, value in options.items())
+
+
+def _escape(text: str) -> str:
+    """A backslash before every ``\\``, ``,`` and ``=``, and before leading or trailing spaces."""
+    chars = ["\\" + char if char in "\\,=" else char for char in text]
+    lead = len(text) - len(text.lstrip())
+    trail = len(text) - len(text.rstrip()) if text.strip() else 0
+    for index in [*range(lead), *range(len(text) - trail, len(text))]:
+        chars[index] = "\\" + text[index]
+    return "".join(chars)
 
 
 def options_from_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -377,8 +421,8 @@ def read_credentials(path: Path) -> dict[str, str]:
             raise ConfigError(
                 f"credentials file {path} is readable by others (mode {mode & 0o777:03o}); chmod 600 it"
             )
-        values = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read credentials file {path}: {exc}") from exc
     unknown = sorted(set(values) - set(CREDENTIAL_KEYS))
     if unknown:
@@ -397,8 +441,8 @@ def load_config(
     from_file: dict[str, Any] = {}
     if config_file:
         try:
-            from_file = tomllib.loads(Path(config_file).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            from_file = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
     for source_name, values in (("the command line", cli), (f"config file {config_file}", from_file)):
         if leaked := sorted(SECRET_OPTIONS & values.keys()):
@@ -408,6 +452,8 @@ def load_config(
                 "TROLLEYFS_CLIENT_SECRET)"
             )
     credentials_file = cli.get("credentials_file") or from_file.get("credentials_file") or env.get("credentials_file")
+    if credentials_file and not isinstance(credentials_file, (str, Path)):
+        raise ConfigError("credentials_file must be a file name")
     secrets = read_credentials(Path(credentials_file)) if credentials_file else {}
     merged = {**env, **secrets, **from_file, **cli}
     try:

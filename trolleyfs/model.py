@@ -280,6 +280,12 @@ UNIQUE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 """Always in an answer, never asked for."""
 
 
+def _uid_text(value: Any) -> str:
+    """A UID of a record as text: a PACS may send one as a JSON number; anything else (a list,
+    an object) names nothing."""
+    return str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
+
+
 def build_studies(records: Iterable[Mapping[str, Any]], level: QueryLevel, truncated: str = "") -> Studies:
     """Assemble flat keyword records (one per study, series or instance) into a Study tree.
 
@@ -291,7 +297,7 @@ def build_studies(records: Iterable[Mapping[str, Any]], level: QueryLevel, trunc
     studies: dict[str, Study] = {}
     series_by_uid: dict[tuple[str, str], Series] = {}
     for record in records:
-        study_uid = record.get("StudyInstanceUID")
+        study_uid = _uid_text(record.get("StudyInstanceUID"))
         if not study_uid:
             continue
         study = studies.get(study_uid)
@@ -301,7 +307,7 @@ def build_studies(records: Iterable[Mapping[str, Any]], level: QueryLevel, trunc
             study.attributes.update(record)
             continue
         study.attributes.update({k: v for k, v in record.items() if k in STUDY_KEYWORDS})
-        series_uid = record.get("SeriesInstanceUID")
+        series_uid = _uid_text(record.get("SeriesInstanceUID"))
         if not series_uid:
             continue
         series = series_by_uid.get((study_uid, series_uid))
@@ -312,7 +318,7 @@ def build_studies(records: Iterable[Mapping[str, Any]], level: QueryLevel, trunc
             series.attributes.update({k: v for k, v in record.items() if k not in STUDY_KEYWORDS})
             continue
         series.attributes.update({k: v for k, v in record.items() if k in SERIES_KEYWORDS})
-        if level is QueryLevel.INSTANCE and (sop_uid := record.get("SOPInstanceUID")):
+        if level is QueryLevel.INSTANCE and (sop_uid := _uid_text(record.get("SOPInstanceUID"))):
             attributes = {
                 k: v for k, v in record.items() if k not in STUDY_KEYWORDS and k not in SERIES_KEYWORDS
             }

@@ -26,7 +26,10 @@ def record_from_dicom_json(dataset: Any) -> dict[str, Any]:
             raise PacsProtocolError(f"DICOM JSON has a malformed tag {tag!r}") from None
         if not keyword or not isinstance(element, dict):
             continue
-        values = [_plain(value) for value in element.get("Value", [])]
+        values = element.get("Value") or []
+        if not isinstance(values, list):
+            raise PacsProtocolError(f"DICOM JSON element {tag} has a Value that is not an array")
+        values = [_plain(value) for value in values]
         record[keyword] = values[0] if len(values) == 1 else (values or "")
     return record
 

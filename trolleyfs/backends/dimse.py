@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_SPECIFIC_CHARACTER_SET = 0x00080005
 _HEADER_KEYWORDS = frozenset({"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle"})
 
 
@@ -224,16 +225,31 @@ def failure(status: Dataset, operation: str, code: int) -> PacsError:
     return PacsError(f"{operation} failed with status 0x{code:04X}")
 
 
+def _readable_character_set(identifier: Dataset) -> bool:
+    try:
+        charset = identifier.get("SpecificCharacterSet")
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds for one badly encoded element
+        return False
+    if charset is None or isinstance(charset, str):
+        return True
+    return isinstance(charset, MultiValue) and all(isinstance(value, str) for value in charset)
+
+
 def record_from_identifier(identifier: Dataset) -> dict[str, Any]:
     """A C-FIND answer to a keyword record like :func:`record_from_dicom_json` makes."""
     record: dict[str, Any] = {}
-    for element in identifier:
-        keyword = element.keyword
-        if not keyword or keyword in _HEADER_KEYWORDS or element.VR == "SQ":
+    if not _readable_character_set(identifier):  # the rest is then read in the default one
+        del identifier[_SPECIFIC_CHARACTER_SET]
+    for tag in list(identifier.keys()):
+        try:
+            element = identifier[tag]
+            keyword = element.keyword
+            if not keyword or keyword in _HEADER_KEYWORDS or element.VR == "SQ":
+                continue
+            value = element.value
+            text = [str(item) for item in value] if isinstance(value, MultiValue) else "" if value is None else str(value)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds for one badly encoded element
+            log.debug("C-FIND answer: element %s left out, it cannot be decoded: %s", tag, type(exc).__name__)
             continue
-        value = element.value
-        if isinstance(value, MultiValue):
-            record[keyword] = [str(item) for item in value]
-        else:
-            record[keyword] = "" if value is None else str(value)
+        record[keyword] = text
     return record

@@ -17,6 +17,7 @@ The XML is parsed hardened (:mod:`trolleyfs.backends.safe_xml`).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from xml.etree.ElementTree import Element
 
@@ -32,6 +33,7 @@ from trolleyfs.model import Instance, Query, Series, Studies, Study
 
 NAMESPACE = "http://medical.nema.org/mint"
 _STUDY, _SERIES, _INSTANCE, _ATTR = (f"{{{NAMESPACE}}}{name}" for name in ("study", "series", "instance", "attr"))
+_TAG = re.compile(r"[0-9A-Fa-f]{8}")
 ACCEPT_XML = {"Accept": "application/xml, text/xml"}
 
 
@@ -99,10 +101,9 @@ def _attributes(element: Element, where: str) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     for attr in element.findall(_ATTR):
         tag_text = attr.get("tag", "")
-        try:
-            tag = int(tag_text, 16)
-        except ValueError:
-            raise PacsProtocolError(f"{where}: MINT attr with a malformed tag {tag_text!r}") from None
+        if not _TAG.fullmatch(tag_text):
+            raise PacsProtocolError(f"{where}: MINT attr with a malformed tag {tag_text[:16]!r}")
+        tag = int(tag_text, 16)
         keyword = keyword_for_tag(tag)
         if not keyword:
             continue  # private or unknown: nothing in the tree uses it

@@ -14,12 +14,15 @@ delimiter, never to the content.
 from __future__ import annotations
 
 import email.message
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from trolleyfs.errors import PacsProtocolError
 
 _MAX_HEADER_BYTES = 16 * 1024
+_BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]")
+"""RFC 2046 §5.1.1: 1 to 70 bcharsnospace or spaces, not ending in a space."""
 
 
 def boundary_of(content_type: str) -> str:
@@ -31,6 +34,8 @@ def boundary_of(content_type: str) -> str:
     boundary = message.get_param("boundary")
     if not isinstance(boundary, str) or not boundary:
         raise PacsProtocolError(f"multipart Content-Type without a boundary: {content_type!r}")
+    if not _BOUNDARY.fullmatch(boundary):
+        raise PacsProtocolError("multipart boundary is not 1 to 70 of the characters RFC 2046 allows")
     return boundary
 
 

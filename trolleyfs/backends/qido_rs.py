@@ -89,8 +89,8 @@ class QidoRS:
             raise PacsProtocolError(f"QIDO-RS {loggable(url)}: HTTP 200 with an empty body (no results is 204 or [])")
         try:
             datasets = json.loads(response.content)
-        except ValueError as exc:
-            raise PacsProtocolError(f"QIDO-RS {loggable(url)}: answer is not JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested past any real answer
+            raise PacsProtocolError(f"QIDO-RS {loggable(url)}: answer is not JSON: {type(exc).__name__}") from None
         if not isinstance(datasets, list):
             raise PacsProtocolError(f"QIDO-RS {loggable(url)}: answer is not a JSON array")
         return [record_from_dicom_json(dataset) for dataset in datasets], server_cut

@@ -42,15 +42,24 @@ DEFAULT_SERIES_NAME = "{SeriesNumber:03}_{Modality}_{SeriesDescription}_{SeriesI
 DEFAULT_INSTANCE_NAME = "{InstanceNumber:04}_{SOPInstanceUID}"
 
 
+def text_bytes(text: str) -> bytes:
+    """``text`` as UTF-8. Bytes that were not UTF-8 (decoded with surrogateescape) come back as
+    they were; a lone surrogate (a JSON answer may hold one) is kept as its surrogatepass bytes."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
 def patient_dir_name(patient_id: str) -> str:
     if not patient_id:
         return _EMPTY_PATIENT_ID
-    # surrogateescape: a PatientID that was not valid UTF-8 keeps its bytes, percent-encoded
-    name = quote(patient_id, safe=_PATIENT_SAFE, errors="surrogateescape")
+    # a PatientID that was not valid UTF-8 keeps its bytes, percent-encoded
+    name = quote(text_bytes(patient_id), safe=_PATIENT_SAFE)
     if name.startswith("."):
         name = "%2E" + name[1:]
     if len(name) > _MAX_NAME:  # past NAME_MAX: shortened, found by listing only (not reversible)
-        digest = hashlib.sha256(patient_id.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        digest = hashlib.sha256(text_bytes(patient_id)).hexdigest()[:16]
         name = f"{name[:_MAX_NAME - 20]}%~{digest}"  # "%~" is no percent-escape: never reversed
     return name
 
@@ -134,7 +143,7 @@ def _part(value: Any, limit: int = _MAX_PART) -> str:
 
 def _clip(text: str, max_bytes: int) -> str:
     """``text`` cut to at most ``max_bytes`` of UTF-8, never inside a character."""
-    return text.encode("utf-8", "surrogateescape")[:max_bytes].decode("utf-8", "ignore")
+    return text_bytes(text)[:max_bytes].decode("utf-8", "ignore")
 
 
 def _uid_part(uid: str) -> str:
@@ -143,7 +152,7 @@ def _uid_part(uid: str) -> str:
     clean = _part(uid, 64)
     if clean == uid:
         return clean
-    digest = hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    digest = hashlib.sha256(text_bytes(uid)).hexdigest()[:10]
     return f"{clean}-{digest}" if clean else digest
 
 

@@ -17,6 +17,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from trolleyfs.fs.names import text_bytes
 from trolleyfs.model import PN_GROUPS
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def xattr_values(attributes: Mapping[str, Any]) -> dict[str, bytes]:
         known = _tag_and_vr(keyword)
         if known is None or known[1] == "SQ":
             continue
-        values[XATTR_PREFIX + keyword] = text_of(value).encode("utf-8", "surrogateescape")
+        values[XATTR_PREFIX + keyword] = text_bytes(text_of(value))
     return values
 
 

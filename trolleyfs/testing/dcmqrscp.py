@@ -44,7 +44,7 @@ class Dcmqrscp:
         self.destinations = destinations or {}
         self.stored: dict[str, bytes] = {}
         """The files uploaded, by SOPInstanceUID: the ground truth of the tests."""
-        self._records: list[dict[str, str]] = []
+        self._records: dict[str, dict[str, str]] = {}
         self._process: subprocess.Popen | None = None
 
     @property
@@ -60,7 +60,7 @@ class Dcmqrscp:
             f"NetworkTCPPort = {self.port}\nMaxPDUSize = 131072\nMaxAssociations = 16\n\n"
             f"HostTable BEGIN\n{hosts}\nHostTable END\n\n"
             "VendorTable BEGIN\nVendorTable END\n\n"
-            f"AETable BEGIN\n{self.aet} {storage} RW (1000, 2048mb) ANY\nAETable END\n"
+            f"AETable BEGIN\n{self.aet} {storage} RW (500, 1024mb) ANY\nAETable END\n"
         )
         return config
 
@@ -96,11 +96,9 @@ class Dcmqrscp:
                 path.write_bytes(data)
                 paths.append(str(path))
                 header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-                self.stored[str(header.SOPInstanceUID)] = data
-                self._records.append({
-                    "id": str(header.SOPInstanceUID),
-                    **{keyword: str(header.get(keyword, "")) for keyword in _RECORD_KEYWORDS},
-                })
+                uid = str(header.SOPInstanceUID)
+                self.stored[uid] = data
+                self._records[uid] = {"id": uid, **{keyword: str(header.get(keyword, "")) for keyword in _RECORD_KEYWORDS}}
             done = subprocess.run(
                 ["storescu", "-aec", self.aet, "127.0.0.1", str(self.port), *paths],
                 capture_output=True, text=True, timeout=300, env={**os.environ, "TCP_NODELAY": "1"},
@@ -110,7 +108,7 @@ class Dcmqrscp:
 
     def instances(self) -> list[dict[str, str]]:
         """Every stored instance, as Orthanc.instances() tells them (its "id" is its SOPInstanceUID)."""
-        return list(self._records)
+        return list(self._records.values())
 
     def file(self, instance_id: str) -> bytes:
         """The file stored as ``instance_id``, as it was uploaded."""
