@@ -86,3 +86,9 @@ def test_bad_config_is_a_config_error(tmp_path, content, cli):
     path.write_bytes(content)
     with pytest.raises(ConfigError):
         load_config({"source": SOURCE, "config": str(path), **cli}, environ={})
+
+
+@pytest.mark.parametrize("tag", ["100000000", "-1", "0x10", " 0020000D", "0020000d\n", "ＦＦＦＦＦＦＦＦ"])
+def test_a_dicom_json_tag_that_is_not_8_hex_digits_is_a_protocol_error(tag):
+    with pytest.raises(PacsProtocolError):
+        record_from_dicom_json({tag: {}})

@@ -17,12 +17,12 @@ The XML is parsed hardened (:mod:`trolleyfs.backends.safe_xml`).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 from xml.etree.ElementTree import Element
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 
+from trolleyfs.backends.dicom_json import tag_number
 from trolleyfs.backends.http import HttpSession, build_url, loggable
 from trolleyfs.backends.mint_fields import ALLOWED_INCLUDE_FIELDS
 from trolleyfs.backends.optional_fields import OptionalFields
@@ -33,7 +33,6 @@ from trolleyfs.model import Instance, Query, Series, Studies, Study
 
 NAMESPACE = "http://medical.nema.org/mint"
 _STUDY, _SERIES, _INSTANCE, _ATTR = (f"{{{NAMESPACE}}}{name}" for name in ("study", "series", "instance", "attr"))
-_TAG = re.compile(r"[0-9A-Fa-f]{8}")
 ACCEPT_XML = {"Accept": "application/xml, text/xml"}
 
 
@@ -101,9 +100,9 @@ def _attributes(element: Element, where: str) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     for attr in element.findall(_ATTR):
         tag_text = attr.get("tag", "")
-        if not _TAG.fullmatch(tag_text):
+        tag = tag_number(tag_text)
+        if tag is None:
             raise PacsProtocolError(f"{where}: MINT attr with a malformed tag {tag_text[:16]!r}")
-        tag = int(tag_text, 16)
         keyword = keyword_for_tag(tag)
         if not keyword:
             continue  # private or unknown: nothing in the tree uses it
