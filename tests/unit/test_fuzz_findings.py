@@ -92,3 +92,9 @@ def test_bad_config_is_a_config_error(tmp_path, content, cli):
 def test_a_dicom_json_tag_that_is_not_8_hex_digits_is_a_protocol_error(tag):
     with pytest.raises(PacsProtocolError):
         record_from_dicom_json({tag: {}})
+
+
+def test_xml_in_an_encoding_python_does_not_know_is_a_protocol_error():
+    body = b"<?xml version='1.0' encoding='tf-8'?>\n<studySearchResults xmlns=\"http://medical.nema.org/mint\" />"
+    with pytest.raises(PacsProtocolError):
+        parse_study_search_results(body)

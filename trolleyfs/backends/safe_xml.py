@@ -17,5 +17,5 @@ def parse_xml(body: bytes, where: str) -> Element:
         return SafeElementTree.fromstring(body)
     except DefusedXmlException as exc:
         raise PacsProtocolError(f"{where}: refused XML with {type(exc).__name__} (DTD or entities)") from exc
-    except ParseError as exc:
+    except (ParseError, LookupError) as exc:  # LookupError: an encoding Python does not know
         raise PacsProtocolError(f"{where}: answer is not XML: {exc}") from exc
