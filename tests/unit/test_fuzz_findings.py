@@ -98,3 +98,13 @@ def test_xml_in_an_encoding_python_does_not_know_is_a_protocol_error():
     body = b"<?xml version='1.0' encoding='tf-8'?>\n<studySearchResults xmlns=\"http://medical.nema.org/mint\" />"
     with pytest.raises(PacsProtocolError):
         parse_study_search_results(body)
+
+
+def test_a_number_past_any_float_renders_as_text_in_study_json():
+    import json
+
+    from trolleyfs.fs.sidecars import dicom_json
+
+    rendered = json.loads(json.dumps(dicom_json({"SeriesNumber": [float("inf")], "SliceThickness": "nan"}),
+                                     allow_nan=False))
+    assert rendered["00200011"]["Value"] == ["inf"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -77,9 +78,10 @@ def _json_value(vr: str, item: Any) -> Any:
         return {group: text for group, text in zip(PN_GROUPS, str(item).split("=")) if text}
     if (number := _NUMBER_VRS.get(vr)) is not None:
         try:
-            return number(item)
-        except (TypeError, ValueError):
+            value = number(item)
+        except (TypeError, ValueError, OverflowError):
             return str(item)  # a PACS value that is no number: kept as it came
+        return value if math.isfinite(value) else str(item)  # JSON has no Infinity or NaN
     return str(item)
 
 
