@@ -422,7 +422,7 @@ def read_credentials(path: Path) -> dict[str, str]:
                 f"credentials file {path} is readable by others (mode {mode & 0o777:03o}); chmod 600 it"
             )
         values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not TOML, an integer past 4300 digits
         raise ConfigError(f"cannot read credentials file {path}: {exc}") from exc
     unknown = sorted(set(values) - set(CREDENTIAL_KEYS))
     if unknown:
@@ -442,7 +442,7 @@ def load_config(
     if config_file:
         try:
             from_file = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not TOML, an integer past 4300 digits
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
     for source_name, values in (("the command line", cli), (f"config file {config_file}", from_file)):
         if leaked := sorted(SECRET_OPTIONS & values.keys()):

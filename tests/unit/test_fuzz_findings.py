@@ -108,3 +108,10 @@ def test_a_number_past_any_float_renders_as_text_in_study_json():
     rendered = json.loads(json.dumps(dicom_json({"SeriesNumber": [float("inf")], "SliceThickness": "nan"}),
                                      allow_nan=False))
     assert rendered["00200011"]["Value"] == ["inf"]
+
+
+def test_a_toml_integer_past_pythons_digit_limit_is_a_config_error(tmp_path):
+    path = tmp_path / "trolleyfs.toml"
+    path.write_text(f"cache_size = {'1' * 4301}\n")
+    with pytest.raises(ConfigError):
+        load_config({"source": SOURCE, "config": str(path)}, environ={})
