@@ -105,9 +105,10 @@ def test_a_number_past_any_float_renders_as_text_in_study_json():
 
     from trolleyfs.fs.sidecars import dicom_json
 
-    rendered = json.loads(json.dumps(dicom_json({"SeriesNumber": [float("inf")], "SliceThickness": "nan"}),
-                                     allow_nan=False))
+    rendered = json.loads(json.dumps(dicom_json({"SeriesNumber": [float("inf")], "SliceThickness": "nan",
+                                                 "InstanceNumber": "9" * 400}), allow_nan=False))
     assert rendered["00200011"]["Value"] == ["inf"]
+    assert rendered["00200013"]["Value"] == [int("9" * 400)]  # a big integer is still a JSON number
 
 
 def test_a_toml_integer_past_pythons_digit_limit_is_a_config_error(tmp_path):

@@ -202,3 +202,19 @@ async def test_asking_another_repository_is_a_clear_error(pacs, tmp_path):
         node = next(iter((await all_files(fs)).values()))
         with pytest.raises(PacsError, match="XDSUnknownRepositoryId"):
             await read_all(fs, node.inode)
+
+
+async def test_an_mtom_answer_with_an_upper_case_media_type_is_read(pacs, tmp_path, monkeypatch):
+    """Media types are case-insensitive (RFC 2045): `Multipart/Related` is MTOM too."""
+    import httpx
+
+    original = httpx.Headers.get
+
+    def shouting(self, key, default=None):
+        value = original(self, key, default)
+        return value.replace("multipart/related", "Multipart/Related") if key.lower() == "content-type" and value else value
+
+    monkeypatch.setattr(httpx.Headers, "get", shouting)
+    async with filesystem_over(pacs, tmp_path, readahead_max=0, **rad69_options(pacs)) as fs:
+        node = next(iter((await all_files(fs)).values()))
+        assert await read_all(fs, node.inode) == pacs.instances[node.uid].data

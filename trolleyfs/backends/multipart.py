@@ -48,7 +48,8 @@ class Part:
 
     @property
     def content_type(self) -> str:
-        return self.headers.get("content-type", "")
+        """The part's media type and parameters, lower-cased (media types are case-insensitive)."""
+        return self.headers.get("content-type", "").lower()
 
 
 class MultipartReader:

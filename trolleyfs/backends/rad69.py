@@ -87,7 +87,7 @@ class Rad69:
         asked = {uid: InstanceReference(study_uid=study_uid, series_uid=series_uid, instance_uid=uid) for uid in uids}
         async with self.session.stream(self.url, headers, method="POST", content=body) as response:
             content_type = response.headers.get("content-type", "")
-            if content_type.startswith("multipart/"):
+            if content_type.lower().startswith("multipart/"):  # media types are case-insensitive
                 envelope = await _stream_mtom(response.aiter_bytes(), content_type, sink, asked, received, where)
             else:
                 envelope = parse_envelope(await response.aread(), where)

@@ -28,6 +28,6 @@ class WadoURI:
         )
         async with self.session.stream(url, {"Accept-Encoding": "identity"}) as response:
             content_type = response.headers.get("content-type", "")
-            if not content_type.startswith("application/dicom"):
+            if not content_type.lower().startswith("application/dicom"):
                 raise PacsProtocolError(f"WADO-URI {url}: answer of type {content_type!r}, not application/dicom")
             await store(sink, reference, response.aiter_bytes())

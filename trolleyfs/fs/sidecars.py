@@ -81,7 +81,7 @@ def _json_value(vr: str, item: Any) -> Any:
             value = number(item)
         except (TypeError, ValueError, OverflowError):
             return str(item)  # a PACS value that is no number: kept as it came
-        return value if math.isfinite(value) else str(item)  # JSON has no Infinity or NaN
+        return str(item) if isinstance(value, float) and not math.isfinite(value) else value  # JSON: no Infinity, NaN
     return str(item)
 
 
