@@ -25,7 +25,25 @@ class MemorySink:
                 chunks.append(chunk)
 
         yield Writer()
-        data = b"".join(chunks)
+        self._keep(expected, b"".join(chunks))
+
+    def open_part(self, expected, size):
+        """The thread-side writer HTTP downloaders use."""
+        sink, received = self, bytearray()
+
+        class Part:
+            def write(self, data) -> None:
+                received.extend(data)
+
+            def end(self) -> None:
+                sink._keep(expected, bytes(received))
+
+            def abort(self) -> None:
+                received.clear()
+
+        return Part()
+
+    def _keep(self, expected, data: bytes) -> None:
         self.files[getattr(expected, "instance_uid", None)] = data
         if data[128:132] == b"DICM":
             self.uids.add(str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID))

@@ -6,7 +6,12 @@ Layout under the cache directory (mode 0700)::
     v1/objects/ab/<sha256>.<size>.dcm   one published Part-10 file per SOPInstanceUID
 
 A file is written under ``tmp/`` and published by an atomic rename, so a reader never sees a
-partial file. Its name records the hash of its SOPInstanceUID and its size; at start-up the index
+partial file under its published name. While an HTTP download fills it, a file whose size the
+answer gave is an :class:`Arrival`: once its header has identified it (and the reference it was
+asked for admits it), ``open_arrival`` opens it and a reader may read whatever has arrived,
+waiting for the rest; a failed transfer fails those reads and leaves nothing behind. An instance
+cached or already arriving is not written a second time (a series answer repeating a file just
+fetched alone is skipped part by part). Its name records the hash of its SOPInstanceUID and its size; at start-up the index
 is rebuilt from these names (LRU order from modification times, which opens refresh at most once a
 minute per file, so that warm reads cost no disk write), and
 a file whose size disagrees with its name, left by a crash, is deleted instead of served.
@@ -20,24 +25,26 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import io
 import logging
 import os
 import shutil
+import struct
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import trio
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import dcmread, read_file_meta_info
+from pydicom.filereader import read_partial
 
-from trolleyfs.errors import CacheError, CacheFull, PacsProtocolError, UnrequestedInstance
-from trolleyfs.model import Reference
+from trolleyfs.errors import CacheError, CacheFull, PacsError, PacsProtocolError, UnrequestedInstance
+from trolleyfs.model import InstanceReference, Reference
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,10 @@ _TOUCH_INTERVAL = 60.0
 """Seconds between two refreshes of a file's modification time (its LRU rank after a restart)."""
 _JUST_WRITTEN = 60.0
 """Seconds after publishing during which a file is taken to be in the page cache still."""
+_HEAD_BYTES = 64 * 1024
+"""Bytes of a file kept in memory while it is received, to identify it from its header."""
+_LAST_IDENTIFYING_TAG = 0x0020000E
+"""SeriesInstanceUID: the header is read up to it (StudyInstanceUID comes just before)."""
 
 
 @functools.lru_cache(maxsize=65536)
@@ -59,6 +70,55 @@ def _key(uid: str) -> str:
 class CachedFile:
     path: Path
     size: int
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: str
+    study_uid: str
+    series_uid: str
+
+
+@dataclass(eq=False)
+class Arrival:
+    """A file being received that readers may already open: ``arrived`` bytes of ``size`` are on
+    disk. The receiving thread updates ``arrived``; everything else happens on the event loop."""
+
+    uid: str
+    size: int | None
+    path: Path
+    token: trio.lowlevel.TrioToken
+    arrived: int = 0
+    complete: bool = False
+    failed: str = ""
+    final_path: Path | None = None
+    """Where it is published (set just before the rename, so an open racing it finds it)."""
+    waiting: bool = False
+    _changed: trio.Event = field(default_factory=trio.Event)
+
+    def progressed(self) -> None:
+        """From the receiving thread: more bytes are on disk; wake a reader waiting for them."""
+        if self.waiting:
+            self.waiting = False
+            try:
+                self.token.run_sync_soon(self.wake)
+            except trio.RunFinishedError:
+                pass
+
+    def wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, end: int) -> None:
+        """Until bytes up to ``end`` have arrived (or all of them); raises if the transfer failed."""
+        while not self.failed and not self.complete and self.arrived < end:
+            changed = self._changed
+            self.waiting = True  # set before looking again: the thread checks it after writing
+            if self.failed or self.complete or self.arrived >= end:
+                break
+            await changed.wait()
+        if self.failed:
+            raise PacsError(f"the transfer of this file failed: {self.failed}")
 
 
 class InstanceCache:
@@ -74,7 +134,15 @@ class InstanceCache:
         self._pins: Counter[str] = Counter()
         self._touched: dict[str, float] = {}
         self._written: dict[str, float] = {}
+        self._arriving: dict[str, Arrival] = {}
         self.total_bytes = 0
+        self.on_skipped: Callable[[], None] = lambda: None
+        """Called when a received file is not written: it is cached or arriving already."""
+        self.on_arrived: Callable[[str], None] = lambda uid: None
+        """Called on the event loop when an instance becomes openable (arriving or published)."""
+        self.on_published: Callable[[str, int], None] = lambda uid, size: None
+        self.on_refused: Callable[[str], None] = lambda message: None
+        """Called on the event loop when a series or study answer held an instance not asked for."""
 
     @classmethod
     async def open(cls, root: Path, max_bytes: int, min_free_space: int = 0) -> InstanceCache:
@@ -143,12 +211,56 @@ class InstanceCache:
         self._mark_used(key, entry)
         return fd, entry
 
+    def open_arrival(self, uid: str) -> tuple[int, Arrival] | None:
+        """A read-only descriptor on a file of known size still being received, pinned like
+        ``open_for_reading``'s; None if there is none."""
+        key = _key(uid)
+        arrival = self._arriving.get(key)
+        if arrival is None or arrival.size is None:
+            return None
+        for path in (arrival.path, arrival.final_path):
+            if path is None:
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # renamed (published) or discarded a moment ago
+            self._pins[key] += 1
+            return fd, arrival
+        return None
+
+    def arriving(self, uid: str) -> bool:
+        """Whether a download of ``uid`` is writing it now."""
+        return _key(uid) in self._arriving
+
     def close_for_reading(self, uid: str, fd: int) -> None:
         os.close(fd)
-        key = _key(uid)
+        self._unpin(_key(uid))
+
+    def _unpin(self, key: str) -> None:
         self._pins[key] -= 1
         if self._pins[key] <= 0:
             del self._pins[key]
+            if self.total_bytes > self.max_bytes and key in self._index:
+                self._evict_soon()
+
+    @contextmanager
+    def wanted(self, uid: str) -> Iterator[None]:
+        """Pin ``uid`` for the block, cached or not yet: a file published while a reader waits for
+        it is not evicted before that reader opens it."""
+        key = _key(uid)
+        self._pins[key] += 1
+        try:
+            yield
+        finally:
+            self._unpin(key)
+
+    def _evict_soon(self) -> None:
+        """Evict from synchronous code (a file over the bound was kept while it was open)."""
+        try:
+            trio.lowlevel.spawn_system_task(self._evict)
+        except RuntimeError:
+            pass  # no event loop: the next publish evicts
 
     def _mark_used(self, key: str, entry: CachedFile) -> None:
         self._index.move_to_end(key)
@@ -193,6 +305,44 @@ class InstanceCache:
         await self._index_published(uid, entry, free)
         return entry
 
+    def open_part(self, expected: Reference, size: int | None, token: trio.lowlevel.TrioToken) -> StreamedPart:
+        """From a worker thread: a writer of one file received by HTTP; ``token`` is the event
+        loop's that owns this cache."""
+        return StreamedPart(self, expected, size, token)
+
+    def claim(self, identity: Identity, arrival: Arrival) -> bool:
+        """On the event loop: take ``identity`` for ``arrival``, unless it is cached or arriving."""
+        key = _key(identity.uid)
+        if key in self._index or key in self._arriving:
+            self.on_skipped()
+            return False
+        self._arriving[key] = arrival
+        self.on_arrived(identity.uid)
+        return True
+
+    def abandon(self, arrival: Arrival, reason: str) -> None:
+        """On the event loop: the transfer of ``arrival`` failed; its readers get EIO."""
+        if self._arriving.get(_key(arrival.uid)) is arrival:
+            del self._arriving[_key(arrival.uid)]
+        arrival.failed = reason or "transfer failed"
+        arrival.wake()
+        self.on_arrived(arrival.uid)
+
+    async def publish_arrival(self, arrival: Arrival, entry: CachedFile, free: int, size_error: str) -> None:
+        """On the event loop: a received file was renamed into place; index it."""
+        if self._arriving.get(_key(arrival.uid)) is arrival:
+            del self._arriving[_key(arrival.uid)]
+        self._pins[_key(arrival.uid)] += 1  # indexed before its readers are told, never evicted meanwhile
+        try:
+            await self._index_published(arrival.uid, entry, free)
+        finally:
+            self._unpin(_key(arrival.uid))
+        arrival.complete = not size_error
+        arrival.failed = size_error
+        arrival.wake()
+        self.on_published(arrival.uid, entry.size)
+        self.on_arrived(arrival.uid)
+
     async def discard(self, writer: Writer) -> None:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(writer.discard, limiter=_disk_limiter)
@@ -213,19 +363,23 @@ class InstanceCache:
         """In a worker thread: complete the file, identify it, publish it by rename."""
         writer.write_pending()
         writer.close()
-        uid = _sop_instance_uid(writer.path)
-        if expected is not None:
-            study_uid, series_uid = _study_and_series_uids(writer.path)
-            if not expected.admits(study_uid, series_uid, uid):
-                raise UnrequestedInstance(f"received instance {uid} of series {series_uid}, which was not asked for")
-        key = _key(uid)
-        final = self._objects / key[:2] / f"{key}.{writer.size}.dcm"
-        final.parent.mkdir(mode=0o700, exist_ok=True)
+        identity = writer.identity(complete=True)
+        assert identity is not None
+        check_admitted(identity, expected)
+        final = self.final_path(identity.uid, writer.size)
         os.replace(writer.path, final)
-        return uid, final, _free_bytes(self.root)
+        return identity.uid, final, _free_bytes(self.root)
+
+    def final_path(self, uid: str, size: int) -> Path:
+        """Where ``uid`` of ``size`` bytes is published (its fan-out directory made)."""
+        key = _key(uid)
+        final = self._objects / key[:2] / f"{key}.{size}.dcm"
+        final.parent.mkdir(mode=0o700, exist_ok=True)
+        return final
 
     async def _index_published(self, uid: str, entry: CachedFile, free: int) -> None:
         key = _key(uid)
+        self._written[key] = time.monotonic()
         if key in self._index:
             previous = self._remove(key)
             if previous.path != entry.path:
@@ -260,14 +414,16 @@ class InstanceCache:
 
 
 class Writer:
-    """A temporary file being filled; writes are batched so that few of them cross to a thread.
-    The file itself is created by the first batch that reaches the disk."""
+    """A temporary file being filled, its first bytes kept to identify it. Asynchronous writes
+    (DIMSE) are batched so that few of them cross to a thread; ``write_now`` writes at once from
+    the thread that receives the bytes. The file is created by the first bytes that reach it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.size = 0
         self.uid = ""
         """The SOPInstanceUID, set once the file is published."""
+        self.head = bytearray()
         self._file: BinaryIO | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -275,23 +431,36 @@ class Writer:
     async def write(self, chunk: bytes) -> None:
         self._pending.append(chunk)
         self._pending_size += len(chunk)
-        self.size += len(chunk)
         if self._pending_size >= _WRITE_BUFFER:
             await trio.to_thread.run_sync(self.write_pending, limiter=_disk_limiter)
 
     def write_pending(self) -> None:
         chunks, self._pending, self._pending_size = self._pending, [], 0
+        for chunk in chunks:
+            self.write_now(memoryview(chunk))
+
+    def write_now(self, data: memoryview) -> None:
+        if len(self.head) < _HEAD_BYTES:
+            self.head += data[: _HEAD_BYTES - len(self.head)]
         try:
             if self._file is None:
                 self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - closed by close() or discard()
-            for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    view = view[self._file.write(view) :]
+            view = data
+            while view:
+                view = view[self._file.write(view) :]
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise CacheFull(f"no space left for the cache in {self.path.parent}") from exc
             raise CacheError(f"cannot write cache file {self.path}: {exc}") from exc
+        self.size += len(data)
+
+    def identity(self, complete: bool) -> Identity | None:
+        """Who the file is, from its header: None while too little of it has arrived (only when
+        not ``complete``); a complete file that is no Part-10 file is a PacsProtocolError."""
+        if complete and self.size > len(self.head):
+            with open(self.path, "rb") as file:
+                return identity_of(file, complete=True)
+        return identity_of(io.BytesIO(self.head), complete)
 
     def close(self) -> None:
         if self._file is not None:
@@ -303,23 +472,127 @@ class Writer:
         self.path.unlink(missing_ok=True)
 
 
-def _sop_instance_uid(path: Path) -> str:
+class StreamedPart:
+    """One file received by HTTP, driven from the worker thread reading it (a PartWriter).
+
+    Its header identifies it as soon as it has arrived; then the cache is asked (on the event
+    loop) to let it be read while arriving, or — when the instance is cached or arriving already —
+    the rest of it is skipped. ``end`` checks the size the answer gave, publishes by rename and
+    indexes it on the event loop before returning."""
+
+    def __init__(self, cache: InstanceCache, expected: Reference, size: int | None, token: trio.lowlevel.TrioToken) -> None:
+        self._cache = cache
+        self._expected = expected
+        self._size = size
+        self._token = token
+        self._writer = cache.new_writer()
+        self._arrival: Arrival | None = None
+        self._skipping = False
+        self._tried_at = 0
+
+    def write(self, data: memoryview) -> None:
+        if self._skipping:
+            return
+        self._writer.write_now(data)
+        arrival = self._arrival
+        if arrival is not None:
+            arrival.arrived = self._writer.size
+            arrival.progressed()
+        elif len(self._writer.head) >= min(_HEAD_BYTES, 2 * self._tried_at + 1024):
+            self._tried_at = len(self._writer.head)
+            identity = self._writer.identity(complete=False)
+            if identity is not None:
+                self._claim(identity)
+
+    def _claim(self, identity: Identity) -> None:
+        try:
+            check_admitted(identity, self._expected)
+        except UnrequestedInstance as exc:
+            if isinstance(self._expected, InstanceReference):
+                raise
+            # the rest of the answer is still good: leave this one out, and say so
+            trio.from_thread.run_sync(self._cache.on_refused, str(exc), trio_token=self._token)
+            self._skipping = True
+            self._writer.discard()
+            return
+        arrival = Arrival(identity.uid, self._size, self._writer.path, self._token, arrived=self._writer.size)
+        if trio.from_thread.run_sync(self._cache.claim, identity, arrival, trio_token=self._token):
+            self._arrival = arrival
+        else:
+            self._skipping = True
+            self._writer.discard()
+
+    def end(self) -> None:
+        if self._skipping:
+            return
+        writer = self._writer
+        try:
+            writer.close()
+            if self._arrival is None:
+                identity = writer.identity(complete=True)
+                assert identity is not None
+                self._claim(identity)
+                if self._skipping:
+                    return
+            arrival = self._arrival
+            assert arrival is not None
+            size_error = ""
+            if self._size is not None and self._size != writer.size:
+                size_error = f"the PACS announced {self._size} bytes and sent {writer.size}"
+                log.warning("instance %s: %s", arrival.uid, size_error)
+            final = self._cache.final_path(arrival.uid, writer.size)
+            arrival.final_path = final
+            os.replace(writer.path, final)
+            free = _free_bytes(self._cache.root)
+        except BaseException:
+            self.abort()
+            raise
+        entry = CachedFile(final, writer.size)
+        writer.uid = arrival.uid
+        trio.from_thread.run(self._cache.publish_arrival, arrival, entry, free, size_error, trio_token=self._token)
+
+    def abort(self) -> None:
+        self._writer.discard()
+        arrival, self._arrival = self._arrival, None
+        if arrival is not None:
+            try:
+                trio.from_thread.run_sync(self._cache.abandon, arrival, "", trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+
+
+def check_admitted(identity: Identity, expected: Reference | None) -> None:
+    """UnrequestedInstance unless ``expected`` (if any) admits this instance."""
+    if expected is not None and not expected.admits(identity.study_uid, identity.series_uid, identity.uid):
+        raise UnrequestedInstance(
+            f"received instance {identity.uid} of series {identity.series_uid}, which was not asked for"
+        )
+
+
+def identity_of(file: BinaryIO, complete: bool) -> Identity | None:
+    """The SOPInstanceUID (file meta) and study and series UIDs of a Part-10 file, read up to its
+    SeriesInstanceUID. With ``complete`` False the file may be cut anywhere: None unless the
+    header was read past that element, so that no value cut short is ever taken."""
+    past_series = False
+
+    def stop(tag: int, vr: str | None, length: int) -> bool:
+        nonlocal past_series
+        past_series = int(tag) > _LAST_IDENTIFYING_TAG
+        return past_series
+
     try:
-        meta = read_file_meta_info(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        dataset = read_partial(file, stop_when=stop, defer_size=4096)
+        uid = str(dataset.file_meta.get("MediaStorageSOPInstanceUID", "") if dataset.file_meta else "")
+        study_uid, series_uid = str(dataset.get("StudyInstanceUID", "")), str(dataset.get("SeriesInstanceUID", ""))
+    except (InvalidDicomError, OSError, ValueError, EOFError, struct.error, KeyError, IndexError) as exc:
+        if not complete:
+            return None
         raise PacsProtocolError(f"received data is not a DICOM Part-10 file: {exc}") from exc
-    uid = str(meta.get("MediaStorageSOPInstanceUID", ""))
+    if not complete and not past_series:
+        return None
     if not uid:
         raise PacsProtocolError("received DICOM file has no MediaStorageSOPInstanceUID")
-    return uid
-
-
-def _study_and_series_uids(path: Path) -> tuple[str, str]:
-    try:
-        dataset = dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise PacsProtocolError(f"received data is not a DICOM Part-10 file: {exc}") from exc
-    return str(dataset.get("StudyInstanceUID", "")), str(dataset.get("SeriesInstanceUID", ""))
+    return Identity(uid, study_uid, series_uid)
 
 
 def _free_bytes(path: Path) -> int:

@@ -2,16 +2,22 @@
 
 - Searches are cached for ``listing_ttl`` seconds (cachetools, on trio's clock) and concurrent
   identical searches share one request.
-- ``instance_file`` makes sure one instance is in the cache; concurrent requests for the same
-  instance share one download.
+- ``open_instance`` opens one instance's cache file, downloading it first if needed; it returns
+  as soon as the file can be read (for an HTTP download with a known size: once its header has
+  arrived, the rest readable as it comes). Concurrent opens of the same instance share one
+  download, which runs in the background so that it outlives an impatient reader.
 - ``download`` fetches whatever a reference names. When the downloader can only fetch single
-  instances (NeedsInstances), the instance UIDs are asked of the searcher once per series.
-- ``prefetch_searches`` runs searches in the background, two at a time, so that their answers are
-  cached when a reader lists them (a study's series listings, which ``ls -lR`` and file managers
-  open one after the other).
-- ``read_ahead`` downloads a whole series in the background (inside ``background_work``); while
-  it runs, a request for one of its instances waits for that instance to arrive instead of
-  fetching it a second time, and falls back to its own download if the read-ahead ends without it.
+  instances (NeedsInstances), the instance UIDs are asked of the searcher once per series, and
+  those cached or arriving already are not asked for.
+- ``prefetch_searches`` runs searches in the background, a few at a time, so that their answers
+  are cached when a reader lists them (a study's series listings, which ``ls -lR`` and file
+  managers open one after the other).
+- ``read_ahead`` downloads a whole series in the background (inside ``background_work``); at most
+  ``_READ_AHEADS`` run at once and, together, within half the cache; the others wait in a short
+  queue (the newest kept). While one runs, an open of one of its instances waits for that
+  instance to arrive instead of fetching it a second time, and falls back to its own download if
+  the read-ahead ends without it. Background work is marked (:mod:`trolleyfs.priority`) so that
+  it never takes the connections kept for readers.
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ import logging
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cachetools
 import trio
 
-from trolleyfs.backends.base import Downloader, InstanceWriter, Searcher
-from trolleyfs.cache import CachedFile, InstanceCache, Writer
-from trolleyfs.errors import CacheFull, NeedsInstances, PacsError, PacsProtocolError, UnrequestedInstance, first_error
+from trolleyfs.backends.base import Downloader, InstanceWriter, PartWriter, Searcher
+from trolleyfs.cache import Arrival, InstanceCache, Writer
+from trolleyfs.errors import (
+    CacheFull, NeedsInstances, PacsError, PacsProtocolError, TrolleyError, UnrequestedInstance, first_error,
+)
 from trolleyfs.model import (
     InstanceReference,
     Query,
@@ -38,21 +46,38 @@ from trolleyfs.model import (
     StudyReference,
 )
 from trolleyfs.outage import Outage
+from trolleyfs.priority import background
 from trolleyfs.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
-_PREFETCH_WORKERS = 2
+PREFETCH_WORKERS = 4
+_READ_AHEADS = 2
+"""Series read ahead at once."""
+_QUEUED_READ_AHEADS = 16
 STAT_NAMES = (
     "searches", "download_requests", "instances_downloaded", "bytes_downloaded", "cache_hits", "read_aheads",
-    "listings_truncated", "instances_refused",
+    "listings_truncated", "instances_refused", "instances_skipped",
 )
 
 
-@dataclass
-class _ReadAhead:
-    waiters: dict[str, trio.Event] = field(default_factory=dict)
-    """Instances someone waits for, by SOPInstanceUID."""
+@dataclass(eq=False)
+class _Flight:
+    """A download under way in the background; its error, once it has ended, if it failed."""
+
+    ended: bool = False
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An instance file opened for reading (pinned until ``close_for_reading``)."""
+
+    fd: int
+    size: int
+    arrival: Arrival | None = None
+    """Set while the file is still arriving: reads past what has arrived wait for it."""
+    just_written: bool = False
 
 
 class Trolley:
@@ -77,9 +102,18 @@ class Trolley:
         self._searches: SingleFlight[Studies] = SingleFlight()
         self._cut: cachetools.LRUCache[Query, bool] = cachetools.LRUCache(maxsize=4096)
         """Searches whose answer was cut, each logged and counted once."""
-        self._downloads: SingleFlight[CachedFile] = SingleFlight()
+        self._singles: dict[str, _Flight] = {}
+        """Downloads of one instance, by SOPInstanceUID."""
+        self._waiters: dict[str, trio.Event] = {}
+        """Opens waiting for an instance, by SOPInstanceUID: set when it arrives or a download ends."""
         self._download_limiter = trio.CapacityLimiter(parallel_downloads)
-        self._read_aheads: dict[str, _ReadAhead] = {}
+        self._read_aheads: dict[str, _Flight] = {}
+        self._read_ahead_bytes: dict[str, int] = {}
+        self._queued_read_aheads: deque[tuple[SeriesReference, int]] = deque(maxlen=_QUEUED_READ_AHEADS)
+        cache.on_arrived = self._arrived
+        cache.on_published = self._published
+        cache.on_refused = self._refused
+        cache.on_skipped = lambda: self.stats.update(instances_skipped=1)
         self._prefetching: set[Query] = set()
         self._prefetch_queue: deque[Query] = deque()
         self._prefetch_workers = 0
@@ -134,49 +168,76 @@ class Trolley:
             if query not in self._answers and query not in self._prefetching:
                 self._prefetching.add(query)
                 self._prefetch_queue.append(query)
-        while self._prefetch_workers < _PREFETCH_WORKERS and self._prefetch_queue:
+        while self._prefetch_workers < PREFETCH_WORKERS and self._prefetch_queue:
             self._prefetch_workers += 1
             self._nursery.start_soon(self._prefetch_worker)
 
     async def _prefetch_worker(self) -> None:
         try:
-            while self._prefetch_queue:
-                query = self._prefetch_queue.popleft()
-                try:
-                    await self.find_studies(query)
-                except Exception as exc:  # only an optimisation: a reader asking later sees its own error
-                    log.info("background search failed: %s", exc)
-                finally:
-                    self._prefetching.discard(query)
+            with background():
+                await self._prefetch_queued()
         finally:
             self._prefetch_workers -= 1
+
+    async def _prefetch_queued(self) -> None:
+        while self._prefetch_queue:
+            query = self._prefetch_queue.popleft()
+            try:
+                await self.find_studies(query)
+            except Exception as exc:  # only an optimisation: a reader asking later sees its own error
+                log.info("background search failed: %s", exc)
+            finally:
+                self._prefetching.discard(query)
 
     def forget_searches(self) -> None:
         self._answers.clear()
 
-    def open_cached(self, uid: str) -> tuple[int, CachedFile] | None:
-        """A pinned read-only descriptor on the cached file of ``uid`` (see
-        ``InstanceCache.open_for_reading``), or None when it is not cached."""
-        opened = self.cache.open_for_reading(uid)
-        if opened is not None:
-            self.stats["cache_hits"] += 1
-        return opened
+    async def open_instance(self, reference: InstanceReference) -> Opened:
+        """Open the cache file of one instance, downloading it first if needed; returns once it
+        can be read (see the module docstring)."""
+        uid = reference.instance_uid
+        with self.cache.wanted(uid):
+            flight: _Flight | None = None
+            while True:
+                opened = self._open_now(uid, hit=flight is None)
+                if opened is not None:
+                    return opened
+                if self._read_aheads.get(reference.series_uid) is None and not self.cache.arriving(uid):
+                    if flight is not None and flight.ended:
+                        raise _again(flight.error) if flight.error else PacsProtocolError(
+                            f"the download of {uid} left nothing in the cache")
+                    flight = self._singles.get(uid)
+                    if flight is None:
+                        flight = self._singles[uid] = _Flight()
+                        if self._nursery is None:  # no background work: the opener downloads it
+                            await self._run_single(reference, flight)
+                            continue
+                        self._nursery.start_soon(self._run_single, reference, flight)
+                await self._waiters.setdefault(uid, trio.Event()).wait()
 
-    async def instance_file(self, reference: InstanceReference) -> CachedFile:
-        """The cached file of one instance, downloading it first if needed."""
-        while (read_ahead := self._read_aheads.get(reference.series_uid)) is not None:
-            if self.cache.get(reference.instance_uid) is not None:
-                break
-            await read_ahead.waiters.setdefault(reference.instance_uid, trio.Event()).wait()
-        return await self._cached_or_downloaded(reference)
+    def _open_now(self, uid: str, hit: bool) -> Opened | None:
+        if (published := self.cache.open_for_reading(uid)) is not None:
+            fd, entry = published
+            if hit:
+                self.stats["cache_hits"] += 1
+            return Opened(fd, entry.size, just_written=self.cache.just_written(uid))
+        if (arriving := self.cache.open_arrival(uid)) is not None:
+            fd, arrival = arriving
+            assert arrival.size is not None
+            return Opened(fd, arrival.size, arrival=arrival, just_written=True)
+        return None
 
-    async def _cached_or_downloaded(self, reference: InstanceReference) -> CachedFile:
-        if (cached := self.cache.get(reference.instance_uid)) is not None:
-            self.stats["cache_hits"] += 1
-            return cached
-        return await self._downloads.run(reference.instance_uid, lambda: self._download_instance(reference))
+    async def _run_single(self, reference: InstanceReference, flight: _Flight) -> None:
+        try:
+            await self._download_instance(reference)
+        except Exception as exc:  # the openers waiting for it raise it
+            flight.error = exc
+        finally:
+            flight.ended = True
+            del self._singles[reference.instance_uid]
+            self._wake_all()
 
-    async def _download_instance(self, reference: InstanceReference) -> CachedFile:
+    async def _download_instance(self, reference: InstanceReference) -> None:
         async with self._download_limiter:
             try:
                 await self._fetch(reference)
@@ -186,42 +247,69 @@ class Trolley:
                 log.warning("cache disk full: evicting every file not open and retrying")
                 await self.cache.clear()
                 await self._fetch(reference)
-        cached = self.cache.get(reference.instance_uid)
-        if cached is None:
-            raise PacsProtocolError(f"download of {reference.instance_uid} left nothing in the cache")
-        return cached
 
     @property
     def downloads_in_flight(self) -> int:
-        return self._downloads.in_flight_count + len(self._read_aheads)
+        return len(self._singles) + len(self._read_aheads)
 
-    def read_ahead(self, series: SeriesReference) -> None:
-        """Start downloading ``series`` in the background, unless that is already under way."""
+    def read_ahead(self, series: SeriesReference, estimated_bytes: int = 0) -> None:
+        """Download ``series`` in the background, unless that is under way or queued already:
+        now if the bounds allow, else once a running read-ahead ends."""
         if self._nursery is None or series.series_uid in self._read_aheads:
             return
-        self._read_aheads[series.series_uid] = _ReadAhead()
-        self._nursery.start_soon(self._run_read_ahead, series)
+        if any(queued.series_uid == series.series_uid for queued, _ in self._queued_read_aheads):
+            return
+        self._queued_read_aheads.append((series, estimated_bytes))
+        self._admit_read_aheads()
+
+    def _admit_read_aheads(self) -> None:
+        budget = self.cache.max_bytes // 2
+        while self._queued_read_aheads and len(self._read_aheads) < _READ_AHEADS and self._nursery is not None:
+            series, estimate = self._queued_read_aheads[0]
+            if self._read_aheads and sum(self._read_ahead_bytes.values()) + estimate > budget:
+                return
+            self._queued_read_aheads.popleft()
+            self._read_aheads[series.series_uid] = _Flight()
+            self._read_ahead_bytes[series.series_uid] = estimate
+            self._nursery.start_soon(self._run_read_ahead, series)
 
     async def _run_read_ahead(self, series: SeriesReference) -> None:
         self.stats["read_aheads"] += 1
         try:
-            await self.download(series)
+            with background():
+                await self.download(series)
         except Exception as exc:  # a read-ahead is an optimisation: its failure must not end the mount
             log.info("read-ahead of series %s failed: %s", series.series_uid, exc)
         finally:
-            state = self._read_aheads.pop(series.series_uid)
-            for event in state.waiters.values():
-                event.set()
+            self._read_aheads.pop(series.series_uid).ended = True
+            self._read_ahead_bytes.pop(series.series_uid, None)
+            self._wake_all()
+            self._admit_read_aheads()
 
     def _arrived(self, uid: str) -> None:
-        for state in self._read_aheads.values():
-            if (event := state.waiters.pop(uid, None)) is not None:
-                event.set()
+        if (event := self._waiters.pop(uid, None)) is not None:
+            event.set()
+
+    def _wake_all(self) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for event in waiters.values():
+            event.set()
+
+    def _published(self, uid: str, size: int) -> None:
+        self.stats["instances_downloaded"] += 1
+        self.stats["bytes_downloaded"] += size
+
+    def _refused(self, message: str) -> None:
+        log.warning("%s; not cached", message)
+        self.stats["instances_refused"] += 1
 
     async def download(self, reference: Reference) -> None:
         """Make sure every instance ``reference`` names is in the cache."""
         if isinstance(reference, InstanceReference):
-            await self.instance_file(reference)
+            opened = await self.open_instance(reference)
+            if opened.arrival is not None:
+                await opened.arrival.wait_for(opened.size)
+            self.cache.close_for_reading(reference.instance_uid, opened.fd)
             return
         try:
             await self._fetch(reference)
@@ -239,7 +327,9 @@ class Trolley:
         )
         for study in await self.find_studies(query):
             for series in study.series:
-                instances = [i.reference for i in series.instances if i.uid not in self.cache]
+                instances = [
+                    i.reference for i in series.instances if i.uid not in self.cache and not self.cache.arriving(i.uid)
+                ]
                 if not instances:
                     continue
                 named = SeriesReference(
@@ -253,20 +343,23 @@ class Trolley:
                     with first_error():
                         async with trio.open_nursery() as nursery:
                             for instance in instances:
-                                nursery.start_soon(self._cached_or_downloaded, instance)
+                                nursery.start_soon(self._download_unless_cached, instance)
+
+    async def _download_unless_cached(self, reference: InstanceReference) -> None:
+        async with self._download_limiter:
+            if reference.instance_uid not in self.cache and not self.cache.arriving(reference.instance_uid):
+                await self._fetch(reference)
 
     async def _fetch(self, reference: Reference) -> None:
         """Run the downloader; instances it delivers are published while it goes on streaming."""
+        self.stats["download_requests"] += 1  # counted as it starts: readers may be served before it ends
         try:
             with first_error():
                 async with trio.open_nursery() as nursery:
                     await self.downloader.fetch(reference, _PublishingSink(self, nursery))
         except NeedsInstances:
-            raise  # nothing was asked of the PACS
-        except BaseException:
-            self.stats["download_requests"] += 1
+            self.stats["download_requests"] -= 1  # nothing was asked of the PACS
             raise
-        self.stats["download_requests"] += 1
         self.outage.answered()
 
 
@@ -281,6 +374,10 @@ class _PublishingSink:
         self._trolley = trolley
         self._nursery = nursery
         self._slots = trio.Semaphore(self._PUBLISH_AHEAD)
+        self._token = trio.lowlevel.current_trio_token()
+
+    def open_part(self, expected: Reference, size: int | None) -> PartWriter:
+        return self._trolley.cache.open_part(expected, size, self._token)
 
     @asynccontextmanager
     async def receive(self, expected: Reference | None = None) -> AsyncIterator[InstanceWriter]:
@@ -303,12 +400,16 @@ class _PublishingSink:
         except UnrequestedInstance as exc:
             if expected is None or isinstance(expected, InstanceReference):
                 raise
-            log.warning("%s; not cached", exc)
-            self._trolley.stats["instances_refused"] += 1
+            self._trolley._refused(str(exc))
             return
         finally:
             self._slots.release()
-        stats = self._trolley.stats
-        stats["instances_downloaded"] += 1
-        stats["bytes_downloaded"] += writer.size
+        self._trolley._published(writer.uid, writer.size)
         self._trolley._arrived(writer.uid)
+
+
+def _again(error: BaseException) -> TrolleyError:
+    """The error of a download that ended, raised again for one more waiter."""
+    if isinstance(error, TrolleyError):
+        return type(error)(*error.args)
+    return PacsError(f"{type(error).__name__}: {error}")

@@ -28,7 +28,7 @@ import re
 import string
 import struct
 import tempfile
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 from xml.etree import ElementTree
@@ -45,7 +45,7 @@ from pynetdicom.dsutils import decode as pynetdicom_decode
 
 from trolleyfs.backends.dimse import record_from_identifier
 from trolleyfs.backends.mint import parse_study_search_results
-from trolleyfs.backends.multipart import MultipartReader, boundary_of
+from trolleyfs.backends.multipart import MultipartSplitter, boundary_of
 from trolleyfs.backends.qido_rs import QidoRS
 from trolleyfs.backends.rad69 import SOAP, XDS, XOP, REGREP, Rad69
 from trolleyfs.config import Config, join_mount_options, load_config, parse_mount_options
@@ -160,7 +160,7 @@ def run_async(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     return trio.run(bounded)
 
 
-async def chunked(data: bytes, sizes: list[int]) -> AsyncIterator[bytes]:
+def chunks_of(data: bytes, sizes: list[int]) -> Iterator[bytes]:
     """``data`` as a network would hand it over: chunks of ``sizes`` (cycled; 0 is an empty chunk)."""
     if not sizes:
         yield data
@@ -203,20 +203,25 @@ class FakeHttp:
     async def get(self, url: str, headers: dict[str, str] | None = None) -> httpx.Response:
         return httpx.Response(self.status, content=self.body, headers=self.headers)
 
-    @contextlib.asynccontextmanager
-    async def stream(self, url: str, headers: Any = None, method: str = "GET", content: Any = None) -> Any:
-        yield _StreamedResponse(httpx.Headers(self.headers), self.body, self.sizes)
+    async def receive(self, url: str, open_body: Any, headers: Any = None, method: str = "GET", content: Any = None) -> None:
+        """As HttpSession.receive, but feeding the body on the event loop's thread."""
+        answer = _Answer(self.status, httpx.Headers(self.headers))
+        consumer = open_body(answer)
+        try:
+            for chunk in chunks_of(self.body, self.sizes):
+                consumer.feed(memoryview(chunk))
+            consumer.close()
+        except BaseException:
+            consumer.abort()
+            raise
 
 
-class _StreamedResponse:
-    def __init__(self, headers: httpx.Headers, body: bytes, sizes: list[int]) -> None:
-        self.headers, self._body, self._sizes = headers, body, sizes
+class _Answer:
+    def __init__(self, status: int, headers: httpx.Headers) -> None:
+        self.status, self._headers = status, headers
 
-    def aiter_bytes(self) -> AsyncIterator[bytes]:
-        return chunked(self._body, self._sizes)
-
-    async def aread(self) -> bytes:
-        return self._body
+    def header(self, name: str) -> str:
+        return self._headers.get(name, "")
 
 
 class RecordingSink:
@@ -230,6 +235,21 @@ class RecordingSink:
         writer = _Writer()
         yield writer
         self.instances.append(bytes(writer.data))
+
+    def open_part(self, expected: Any, size: int | None) -> Any:
+        sink, data = self, bytearray()
+
+        class Part:
+            def write(self, piece: memoryview) -> None:
+                data.extend(piece)
+
+            def end(self) -> None:
+                sink.instances.append(bytes(data))
+
+            def abort(self) -> None:
+                data.clear()
+
+        return Part()
 
 
 class _Writer:
@@ -356,20 +376,35 @@ def _multipart_input(spec: tuple) -> tuple[str, bytes]:
     return header_text(raw), body
 
 
-async def _read_parts(content_type: str, body: bytes, sizes: list[int], reads: list[int]) -> list[tuple[dict, bytes | None]]:
-    reader = MultipartReader(chunked(body, sizes), boundary_of(content_type))
-    got = []
-    async for part in reader.parts():
-        wanted = pick(reads, len(got)) if reads else -1
-        data = bytearray()
-        while wanted < 0 or wanted > 0:
-            chunk = await anext(part.content, None)
-            if chunk is None:
-                break
-            data += chunk
-            wanted -= 1
-        got.append((dict(part.headers), bytes(data) if wanted < 0 else None))
-    return got
+def _read_parts(content_type: str, body: bytes, sizes: list[int], reads: list[int]) -> list[tuple[dict, bytes | None]]:
+    """Split ``body`` fed in chunks of ``sizes``; a part whose ``reads`` entry is not -1 has its
+    content ignored by its consumer (None), which must not put the parser out of step."""
+    got: list[tuple[dict, bytearray, int]] = []
+
+    class Handler:
+        def begin(self, headers: dict[str, str]):
+            data = bytearray()
+            got.append((dict(headers), data, pick(reads, len(got)) if reads else -1))
+            keep = got[-1][2] < 0
+
+            class Part:
+                def write(self, piece: memoryview) -> None:
+                    if keep:
+                        data.extend(piece)
+
+                def end(self) -> None:
+                    pass
+
+                def abort(self) -> None:
+                    pass
+
+            return Part()
+
+    splitter = MultipartSplitter(boundary_of(content_type), Handler())
+    for chunk in chunks_of(body, sizes):
+        splitter.feed(chunk)
+    splitter.close()
+    return [(headers, bytes(data) if wanted < 0 else None) for headers, data, wanted in got]
 
 
 def multipart_target(spec: tuple) -> None:
@@ -378,7 +413,7 @@ def multipart_target(spec: tuple) -> None:
     form = body_spec[1] if body_spec[0] == "form" and not body_spec[2] else None
     if kind == "template" and form and value % len(CONTENT_TYPES) < _QUOTED and form[0] == form[0].strip():
         check(boundary_of(content_type) == form[0], "boundary_of does not give back a quoted boundary")
-    got = run_async(lambda: _read_parts(content_type, body, sizes, reads))
+    got = _read_parts(content_type, body, sizes, reads)
     expected = expected_parts(form) if form and boundary_of(content_type) == form[0] else None
     if expected is not None:
         check(len(got) == len(expected), f"{len(got)} parts read from a valid body of {len(expected)}")

@@ -10,7 +10,7 @@ import pytest
 from tests.memory_sink import MemorySink
 from tests.unit.helpers import all_files, filesystem_over, read_all
 from trolleyfs.backends.mint import parse_study_search_results
-from trolleyfs.backends.rad69 import _stream_mtom, parse_envelope
+from trolleyfs.backends.rad69 import _Answer, parse_envelope
 from trolleyfs.errors import PacsError, PacsProtocolError, UnrequestedInstance
 from trolleyfs.model import InstanceReference
 from trolleyfs.testing.pacs_soap import XML_BOMB, XML_EXTERNAL
@@ -117,35 +117,47 @@ async def test_rad69_parts_are_matched_by_content_id_not_by_position(line_end):
         ("Content-Type: application/dicom\nContent-ID: <first@example>", b"FIRST"),
     ], line_end)
 
-    async def chunks():
-        for start in range(0, len(body), 7):
-            yield body[start : start + 7]
-
-    sink, received = MemorySink(), set()
-    envelope = await _stream_mtom(chunks(), 'multipart/related; type="application/xop+xml"; boundary=MIME',
-                                  sink, asked("1.9.1", "1.9.2"), received, "test")
+    sink = MemorySink()
+    answer = read_mtom(body, 'multipart/related; type="application/xop+xml"; boundary=MIME', sink,
+                       asked("1.9.1", "1.9.2"), chunk=7)
     assert sink.files == {"1.9.1": b"FIRST", "1.9.2": b"SECOND\r\n"}
-    assert received == {"1.9.1", "1.9.2"} and envelope.errors
+    assert answer.received == {"1.9.1", "1.9.2"} and answer.envelope.errors
 
 
 async def test_a_rad69_part_no_document_refers_to_is_refused():
     body = mtom([(ROOT_HEADERS, ENVELOPE.encode()), ("Content-Type: application/dicom\nContent-ID: <stray@x>", b"X")])
 
-    async def chunks():
-        yield body
-
     with pytest.raises(PacsProtocolError, match="stray@x"):
-        await _stream_mtom(chunks(), "multipart/related; boundary=MIME", MemorySink(), asked("1.9.1"), set(), "test")
+        read_mtom(body, "multipart/related; boundary=MIME", MemorySink(), asked("1.9.1"))
 
 
 async def test_a_rad69_document_that_was_not_asked_for_is_refused():
     body = mtom([(ROOT_HEADERS, ENVELOPE.encode()), ("Content-Type: application/dicom\nContent-ID: <first@example>", b"X")])
 
-    async def chunks():
-        yield body
-
     with pytest.raises(UnrequestedInstance):
-        await _stream_mtom(chunks(), "multipart/related; boundary=MIME", MemorySink(), asked("1.9.2"), set(), "test")
+        read_mtom(body, "multipart/related; boundary=MIME", MemorySink(), asked("1.9.2"))
+
+
+def read_mtom(body: bytes, content_type: str, sink, asked_for, chunk: int | None = None) -> _Answer:
+    """Feed ``body`` to a RAD-69 answer reader as the worker thread would, ``chunk`` bytes at a time."""
+
+    class Headers:
+        status = 200
+
+        def header(self, name):
+            return content_type if name == "content-type" else ""
+
+    answer = _Answer(sink, asked_for, "test")
+    consumer = answer.open_body(Headers())
+    step = chunk or len(body)
+    try:
+        for start in range(0, len(body), step):
+            consumer.feed(memoryview(body[start : start + step]))
+        consumer.close()
+    except BaseException:
+        consumer.abort()
+        raise
+    return answer
 
 
 def rad69_options(pacs) -> dict[str, str]:

@@ -1,10 +1,10 @@
-"""The streaming multipart/related reader, fed in every possible chunking."""
+"""The multipart/related push parser, fed in every possible chunking."""
 
 from __future__ import annotations
 
 import pytest
 
-from trolleyfs.backends.multipart import MultipartReader, boundary_of
+from trolleyfs.backends.multipart import MultipartSplitter, boundary_of
 from trolleyfs.errors import PacsProtocolError
 
 BOUNDARY = "b0undary"
@@ -18,16 +18,46 @@ def body(parts=PARTS, preamble=b"", padding=b"", close=True) -> bytes:
     return out + (f"--{BOUNDARY}--\r\n".encode() if close else b"")
 
 
-async def parse(data: bytes, chunk: int) -> list[tuple[dict, bytes]]:
-    async def chunks():
-        for start in range(0, len(data), chunk):
-            yield data[start : start + chunk]
+class Collected:
+    """A PartHandler keeping every part, and whether each ended or was aborted."""
 
-    found = []
-    async for part in MultipartReader(chunks(), BOUNDARY).parts():
-        content = b"".join([piece async for piece in part.content])
-        found.append((part.headers, content))
-    return found
+    def __init__(self) -> None:
+        self.parts: list[tuple[dict, bytearray, list[str]]] = []
+
+    def begin(self, headers):
+        data, fate = bytearray(), []
+        self.parts.append((headers, data, fate))
+
+        class Part:
+            def write(self, piece):
+                data.extend(piece)
+
+            def end(self):
+                fate.append("end")
+
+            def abort(self):
+                fate.append("abort")
+
+        return Part()
+
+
+def split(data: bytes, chunk: int) -> Collected:
+    collected = Collected()
+    splitter = MultipartSplitter(BOUNDARY, collected)
+    try:
+        for start in range(0, len(data), chunk):
+            splitter.feed(data[start : start + chunk])
+        splitter.close()
+    except BaseException:
+        splitter.abort()
+        raise
+    return collected
+
+
+async def parse(data: bytes, chunk: int) -> list[tuple[dict, bytes]]:
+    collected = split(data, chunk)
+    assert all(fate == ["end"] for _, _, fate in collected.parts)
+    return [(headers, bytes(content)) for headers, content, _ in collected.parts]
 
 
 async def test_parts_come_out_whole_however_the_body_is_chunked():
@@ -61,3 +91,15 @@ async def test_bare_lf_line_ends_are_read_like_crlf_and_a_cr_before_a_delimiter_
         parts = await parse(lf_body, chunk)
         assert [content for _, content in parts] == PARTS, chunk
         assert all(headers["content-type"] == "application/dicom" for headers, _ in parts)
+
+
+def test_a_part_cut_off_is_aborted_never_ended_and_the_parts_before_it_are_whole():
+    data = body()
+    cut = data[: data.index(PARTS[1]) + 3]
+    collected = Collected()
+    splitter = MultipartSplitter(BOUNDARY, collected)
+    splitter.feed(cut)
+    with pytest.raises(PacsProtocolError):
+        splitter.close()
+    assert [fate for _, _, fate in collected.parts] == [["end"], ["abort"]]
+    assert bytes(collected.parts[0][1]) == PARTS[0]

@@ -7,7 +7,7 @@ from trio.testing import wait_all_tasks_blocked
 
 from trolleyfs.cache import InstanceCache
 from trolleyfs.model import Query, QueryLevel, Study
-from trolleyfs.trolley import Trolley
+from trolleyfs.trolley import PREFETCH_WORKERS, Trolley
 
 
 class HeldSearcher:
@@ -27,16 +27,16 @@ def series_query(number: int) -> Query:
     return Query(StudyInstanceUID="1.2.3", SeriesInstanceUID=f"1.2.3.{number}", query_level=QueryLevel.INSTANCE)
 
 
-async def test_prefetched_searches_run_two_at_a_time_once_each_and_answer_later_listings(tmp_path):
+async def test_prefetched_searches_run_a_few_at_a_time_once_each_and_answer_later_listings(tmp_path):
     searcher = HeldSearcher()
     cache = await InstanceCache.open(tmp_path / "cache", max_bytes=10**6)
     trolley = Trolley(searcher, downloader=None, cache=cache)  # type: ignore[arg-type]
     async with trolley.background_work():
-        queries = [series_query(n) for n in range(4)]
+        queries = [series_query(n) for n in range(PREFETCH_WORKERS + 2)]
         trolley.prefetch_searches(queries)
         trolley.prefetch_searches(queries)  # asked again while under way: nothing new
         await wait_all_tasks_blocked()
-        assert searcher.asked == queries[:2]
+        assert searcher.asked == queries[:PREFETCH_WORKERS]
         async with trio.open_nursery() as readers:
             readers.start_soon(trolley.find_studies, queries[0])  # joins the search under way
             await wait_all_tasks_blocked()
@@ -45,4 +45,4 @@ async def test_prefetched_searches_run_two_at_a_time_once_each_and_answer_later_
         assert searcher.asked == queries
         for query in queries:
             assert (await trolley.find_studies(query))[0].uid == "1.2.3"
-        assert trolley.stats["searches"] == 4
+        assert trolley.stats["searches"] == len(queries)

@@ -25,12 +25,34 @@ class InstanceWriter(Protocol):
     async def write(self, chunk: bytes) -> None: ...
 
 
+class PartWriter(Protocol):
+    """One instance being received, driven from the worker thread that reads its bytes."""
+
+    def write(self, data: memoryview) -> None:
+        """The next bytes; ``data`` is only valid during the call."""
+        ...
+
+    def end(self) -> None:
+        """All bytes are in: identify and publish it (the thread waits until it is)."""
+        ...
+
+    def abort(self) -> None:
+        """The transfer failed: discard it; readers waiting for it get EIO."""
+        ...
+
+
 class InstanceSink(Protocol):
     def receive(self, expected: Reference | None = None) -> AbstractAsyncContextManager[InstanceWriter]:
         """A writer for one Part-10 file of what ``expected`` names (the reference the
         downloader was asked for, or the one instance it is known to be). Leaving the block
         normally publishes it, unless ``expected`` does not admit it (UnrequestedInstance: a
         PACS cannot plant a file under a UID it was not asked for); an exception discards it."""
+        ...
+
+    def open_part(self, expected: Reference, size: int | None) -> PartWriter:
+        """From a worker thread (the one reading an HTTP body): a writer for one Part-10 file of
+        what ``expected`` names. ``size``, when the answer says it (a Content-Length), lets readers
+        open the file and read what has arrived while the rest is still coming."""
         ...
 
 

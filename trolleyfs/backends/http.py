@@ -1,10 +1,18 @@
-"""The shared HTTP client of the DICOMweb backends: one pooled httpx.AsyncClient per server.
+"""The shared HTTP client of the DICOMweb backends: one session per server, two paths.
 
-It owns the policy every backend shares: connect/read timeouts, a minimum transfer rate (a body
-trickling in below ``min_transfer_rate`` over a ``timeout`` window is abandoned, so no read can
-be held forever by a PACS that sends a byte just often enough), a bounded connection pool,
-retries with exponential backoff on connect errors, 429 and 5xx, and the translation of every
-httpx error into the trolleyfs exception tree, so no failure is silent.
+- Searches and other small answers (``get``, ``stream``) go through a pooled httpx.AsyncClient
+  on the event loop.
+- Instance bodies (``receive``) — WADO-RS, WADO-URI, RAD-69 — are read in a worker thread over
+  blocking connections (:mod:`trolleyfs.backends.wire`) and handed, still in that thread, to the
+  body consumer the backend gives; the event loop stays free for the kernel's requests.
+
+Both share the policy every backend needs: connect/read timeouts, a minimum transfer rate (a body
+trickling in below ``min_transfer_rate`` over a ``timeout`` window is abandoned, so no read can be
+held forever by a PACS that sends a byte just often enough), bounded connections (background
+work may not take the last ``reserved`` bulk connections, which foreground reads keep), the same
+authentication, redirects, retries with exponential backoff on connect errors, 429 and 5xx, and
+the translation of every error into the trolleyfs exception tree, so no failure is silent.
+Cancelling a ``receive`` aborts its socket, so the worker thread returns at once.
 
 Query strings are built here by hand, because Orthanc (1.10) does not percent-decode them: the
 DICOM wildcard and separator characters ``* ? ^`` must travel raw or nothing matches.
@@ -12,23 +20,52 @@ DICOM wildcard and separator characters ``* ? ^`` must travel raw or nothing mat
 
 from __future__ import annotations
 
+import http.client
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
 import trio
 
+from trolleyfs.backends.wire import Aborted, ConnectFailed, ConnectionPool, DeadConnection, Exchange, origin_of
 from trolleyfs.errors import NotFound, PacsBadRequest, PacsError, PacsProtocolError, PacsRefused
 from trolleyfs.model import is_uid
+from trolleyfs.priority import Slots, reserved_for_readers
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _RAW_QUERY_CHARACTERS = "*?^-.,/"
 _MAX_BACKOFF = 5.0
+_MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+T = TypeVar("T")
+
+
+class BodyConsumer(Protocol):
+    """What a backend does with an instance body; called in the worker thread that reads it."""
+
+    def feed(self, data: memoryview) -> None:
+        """The next bytes of the body; ``data`` is only valid during the call."""
+        ...
+
+    def close(self) -> None:
+        """The body ended normally (raise if it is incomplete)."""
+        ...
+
+    def abort(self) -> None:
+        """The transfer failed: throw away whatever is half received."""
+        ...
+
+
+class Answer(Protocol):
+    status: int
+
+    def header(self, name: str) -> str: ...
 
 
 def build_url(base: str, path: str = "", params: Iterable[tuple[str, str]] = ()) -> str:
@@ -72,7 +109,12 @@ class HttpSession:
     ) -> None:
         self.retries = retries
         self.backoff = backoff
+        self.timeout = timeout
         self._pool_size = max_connections
+        self._auth = auth
+        self._bulk_slots = Slots(max_connections, reserved_for_readers(max_connections))
+        self._wire = ConnectionPool(timeout, _ssl_context(verify), max_idle=max_connections)
+        self._minimum_per_window = min_transfer_rate * timeout
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         inner = transport or httpx.AsyncHTTPTransport(verify=verify, limits=limits)
         self._client = httpx.AsyncClient(
@@ -84,6 +126,147 @@ class HttpSession:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        self._wire.close()
+
+    async def receive(
+        self,
+        url: str,
+        open_body: Callable[[Answer], BodyConsumer],
+        headers: dict[str, str] | None = None,
+        method: str = "GET",
+        content: bytes | None = None,
+    ) -> None:
+        """Send the request (retried, authenticated and redirected like ``stream``) and hand its
+        body to the consumer ``open_body`` makes of the answer's status and headers. The body is
+        read, and the consumer fed, in a worker thread; cancelling this aborts the transfer."""
+        async with self._bulk_slots.slot():
+            exchange = await self._send_with_retries_bulk(method, url, headers or {}, content)
+            try:
+                consumer = open_body(exchange)
+                await self._in_thread(exchange, lambda: self._read_into(exchange, consumer), method, url)
+            finally:
+                exchange.finish()
+
+    def _read_into(self, exchange: Exchange, consumer: BodyConsumer) -> None:
+        try:
+            exchange.read_body(consumer.feed, self._minimum_per_window, self.timeout)
+            consumer.close()
+        except BaseException:
+            consumer.abort()
+            raise
+
+    async def _in_thread(self, exchange: Exchange, work: Callable[[], T], method: str, url: str) -> T:
+        """Run ``work`` (blocking on ``exchange``) in a worker thread; a cancellation aborts the
+        exchange, so the thread returns at once and the cancellation goes on. Socket errors become
+        PacsError, except those ``_send_with_retries_bulk`` decides on (ConnectFailed,
+        RemoteDisconnected, DeadConnection)."""
+        finished = False
+
+        async def abort_when_cancelled() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                if not finished:
+                    exchange.abort()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(abort_when_cancelled)
+                try:
+                    result = await trio.to_thread.run_sync(work)
+                finally:
+                    finished = True
+                    nursery.cancel_scope.cancel()
+        except Aborted:
+            await trio.lowlevel.checkpoint()  # raises the cancellation that caused it
+            raise PacsError(f"{method} {loggable(url)}: aborted") from None
+        except (ConnectFailed, http.client.RemoteDisconnected, DeadConnection):
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            raise PacsError(f"{method} {loggable(url)}: {_describe(exc) if str(exc) else 'timed out'}") from exc
+        return result
+
+    async def _send_with_retries_bulk(
+        self, method: str, url: str, headers: dict[str, str], content: bytes | None
+    ) -> Exchange:
+        for attempt in range(self.retries + 1):
+            last_attempt = attempt == self.retries
+            try:
+                exchange = await self._send_following_redirects(method, url, headers, content)
+            except (ConnectFailed, http.client.RemoteDisconnected) as exc:
+                if _untrusted_certificate(exc):
+                    raise PacsRefused(
+                        f"{method} {loggable(url)}: the server's TLS certificate is not trusted (see ca_bundle=): {exc}"
+                    ) from exc
+                if last_attempt:
+                    raise PacsError(f"{method} {loggable(url)}: {_describe(exc)}") from exc
+                log.info("%s %s: %s; retrying", method, loggable(url), _describe(exc))
+                await trio.sleep(self._delay(attempt, None))
+                continue
+            if exchange.status < 300:
+                return exchange
+            body = await self._in_thread(exchange, exchange.head_of_body, method, url)
+            exchange.finish()
+            status = exchange.status
+            log.debug("%s %s: HTTP %d: %s", method, loggable(url), status, _printable(body))
+            if status in RETRY_STATUSES and not last_attempt:
+                log.info("%s %s: HTTP %d; retrying", method, loggable(url), status)
+                await trio.sleep(self._delay(attempt, exchange.header("retry-after")))
+                continue
+            raise _refusal(method, url, status)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _send_following_redirects(
+        self, method: str, url: str, headers: dict[str, str], content: bytes | None
+    ) -> Exchange:
+        authenticated = True
+        for _ in range(_MAX_REDIRECTS + 1):
+            exchange = await self._send_authenticated(method, url, headers, content, authenticated)
+            location = exchange.header("location")
+            if exchange.status not in _REDIRECTS or not location:
+                return exchange
+            exchange.finish()
+            target = str(httpx.URL(url).join(location))
+            authenticated = authenticated and origin_of(target) == origin_of(url)  # as httpx: no credentials elsewhere
+            if exchange.status == 303:
+                method, content = "GET", None
+            url = target
+        raise PacsProtocolError(f"{method} {loggable(url)}: more than {_MAX_REDIRECTS} redirects")
+
+    async def _send_authenticated(
+        self, method: str, url: str, headers: dict[str, str], content: bytes | None, authenticated: bool
+    ) -> Exchange:
+        """Send once, letting the session's httpx.Auth set its headers and ask again after a 401
+        (a renewed token), exactly as it does for the httpx path."""
+        request = httpx.Request(method, url, headers={"User-Agent": "trolleyfs", **headers}, content=content)
+        if self._auth is None or not authenticated:
+            return await self._send_on_live_wire(request)
+        flow = self._auth.async_auth_flow(request)
+        request = await flow.__anext__()
+        while True:
+            exchange = await self._send_on_live_wire(request)
+            try:
+                request = await flow.asend(httpx.Response(exchange.status, headers=exchange.headers, request=request))
+            except StopAsyncIteration:
+                return exchange
+            exchange.finish()
+
+    async def _send_on_live_wire(self, request: httpx.Request) -> Exchange:
+        """Send ``request``, again at once when it went out on a kept-alive connection the server
+        had closed (see ``_send_on_live_connection``)."""
+        headers = dict(request.headers.items())
+        url = str(request.url)
+        for _ in range(self._pool_size):
+            exchange = Exchange(self._wire, request.method, url, headers, request.content or None)
+            try:
+                await self._in_thread(exchange, exchange.send, request.method, url)
+            except DeadConnection:
+                log.debug("%s %s: the connection was dead, sending again", request.method, loggable(url))
+                continue
+            return exchange
+        exchange = Exchange(self._wire, request.method, url, headers, request.content or None, fresh=True)
+        await self._in_thread(exchange, exchange.send, request.method, url)
+        return exchange
 
     async def get(self, url: str, headers: dict[str, str] | None = None) -> httpx.Response:
         """GET ``url`` and read the whole body (for small answers such as QIDO-RS JSON)."""
@@ -138,16 +321,7 @@ class HttpSession:
                 log.info("%s %s: HTTP %d; retrying", method, loggable(url), response.status_code)
                 await trio.sleep(self._delay(attempt, response.headers.get("Retry-After")))
                 continue
-            message = f"{method} {loggable(url)}: HTTP {response.status_code}"
-            if response.status_code == 404:
-                raise NotFound(message)
-            if response.status_code in (401, 403):
-                raise PacsRefused(f"{method} {loggable(url)}: HTTP {response.status_code}: the PACS refused our credentials")
-            if response.status_code in RETRY_STATUSES:
-                raise PacsError(message)
-            if response.status_code == 400:
-                raise PacsBadRequest(message)
-            raise PacsProtocolError(message)
+            raise _refusal(method, url, response.status_code)
         raise AssertionError("unreachable: the loop returns or raises")
 
     async def _send_on_live_connection(self, request: httpx.Request) -> httpx.Response:
@@ -212,6 +386,34 @@ class _RateGuardedStream(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
+def _refusal(method: str, url: str, status: int) -> PacsError:
+    """The error of an answer with this (unsuccessful, final) status."""
+    message = f"{method} {loggable(url)}: HTTP {status}"
+    if status == 404:
+        return NotFound(message)
+    if status in (401, 403):
+        return PacsRefused(f"{message}: the PACS refused our credentials")
+    if status in RETRY_STATUSES:
+        return PacsError(message)
+    if status == 400:
+        return PacsBadRequest(message)
+    return PacsProtocolError(message)
+
+
+def _ssl_context(verify: ssl.SSLContext | bool) -> ssl.SSLContext:
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _printable(body: bytes) -> str:
+    return body.decode("utf-8", "replace").strip()[:200]
+
+
 def _retryable_transport_error(exc: httpx.TransportError) -> bool:
     # A connect failure or a connection dropped before any answer: nothing was read, safe to repeat.
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError))
@@ -226,7 +428,7 @@ def _untrusted_certificate(exc: BaseException) -> bool:
     return "CERTIFICATE_VERIFY_FAILED" in str(exc)
 
 
-def _describe(exc: httpx.HTTPError) -> str:
+def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

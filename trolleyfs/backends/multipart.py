@@ -1,10 +1,12 @@
-"""A streaming reader of multipart/related bodies (RFC 2046 / RFC 2387), as WADO-RS sends them.
+"""A push parser of multipart/related bodies (RFC 2046 / RFC 2387), as WADO-RS and MTOM send them.
 
-It never holds more than one network chunk plus a delimiter's length of a body in memory: each
-part's content is handed on chunk by chunk as it arrives, so a series of any size can be written
-straight to disk. It works when the server sends no Content-Length and ends the body by closing
-the connection. A body that ends before its closing delimiter is an error, so a cut-off transfer
-is never mistaken for a complete one.
+The body is fed to :meth:`MultipartSplitter.feed` as it arrives, in chunks of any size (a worker
+thread feeds it reads of up to 1 MiB); each part's bytes go to the consumer its headers were given
+to, as views of the splitter's buffer, so that a series of any size goes straight to disk with one
+copy. The delimiter is searched for with ``bytes.find`` over the bytes not yet handed on only, and
+the buffer never holds more than one fed chunk plus a delimiter's length. It works when the server
+sends no Content-Length and ends the body by closing the connection. A body that ends before its
+closing delimiter is an error, so a cut-off transfer is never mistaken for a complete one.
 
 Line ends are read leniently, as many MTOM and WADO servers write them: a bare LF works wherever
 the RFC says CRLF (delimiter lines and part headers); a CR before a delimiter's LF belongs to the
@@ -15,8 +17,7 @@ from __future__ import annotations
 
 import email.message
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from typing import Protocol
 
 from trolleyfs.errors import PacsProtocolError
 
@@ -39,72 +40,111 @@ def boundary_of(content_type: str) -> str:
     return boundary
 
 
-@dataclass
-class Part:
-    headers: dict[str, str]
-    """Part headers, names lower-cased."""
-    content: AsyncIterator[bytes]
-    """The part's bytes; read it to the end before asking for the next part."""
-
-    @property
-    def content_type(self) -> str:
-        """The part's media type and parameters, lower-cased (media types are case-insensitive)."""
-        return self.headers.get("content-type", "").lower()
+def media_type(headers: dict[str, str]) -> str:
+    """A part's media type and parameters, lower-cased (media types are case-insensitive)."""
+    return headers.get("content-type", "").lower()
 
 
-class MultipartReader:
-    """Iterate over the parts of a multipart body given as an async stream of chunks."""
+class PartConsumer(Protocol):
+    """Where one part's bytes go."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], boundary: str) -> None:
-        self._chunks = chunks
+    def write(self, data: memoryview) -> None:
+        """The next bytes of the part; ``data`` is only valid during the call."""
+        ...
+
+    def end(self) -> None:
+        """The part is complete."""
+        ...
+
+    def abort(self) -> None:
+        """The body failed while this part was open: throw away what it received."""
+        ...
+
+
+class PartHandler(Protocol):
+    def begin(self, headers: dict[str, str]) -> PartConsumer:
+        """The consumer of a part with these headers (names lower-cased)."""
+        ...
+
+
+_PREAMBLE, _AFTER_DELIMITER, _HEADERS, _CONTENT, _DONE = range(5)
+
+
+class MultipartSplitter:
+    """Split a multipart body fed in chunks into parts handed to ``handler``."""
+
+    def __init__(self, boundary: str, handler: PartHandler) -> None:
+        self._handler = handler
         # A CRLF is put in front of the body so that the first delimiter looks like every other.
         self._buffer = bytearray(b"\r\n")
         self._delimiter = b"\n--" + boundary.encode("latin-1")
-        self._exhausted = False
+        self._state = _PREAMBLE
+        self._part: PartConsumer | None = None
+        self.parts = 0
+        """Parts begun so far."""
 
-    async def parts(self) -> AsyncIterator[Part]:
-        await self._skip_past_delimiter()
-        while True:
-            if not await self._fill(2):
-                raise PacsProtocolError("multipart body ends right after a delimiter")
-            if self._buffer[:2] == b"--":
-                return
-            headers = await self._read_headers()
-            part = Part(headers=headers, content=self._part_content())
-            yield part
-            async for _ in part.content:  # skip whatever the consumer left unread
-                pass
+    def feed(self, data: bytes | memoryview) -> None:
+        if self._state == _DONE:
+            return  # the epilogue: ignored
+        self._buffer += data
+        while self._step():
+            pass
 
-    async def _fill(self, size: int) -> bool:
-        """Read until the buffer holds ``size`` bytes; False if the stream ends first."""
-        while len(self._buffer) < size:
-            if not await self._read_more():
+    def close(self) -> None:
+        """The body has ended: an error unless the closing delimiter was seen."""
+        if self._state == _DONE:
+            return
+        self.abort()
+        if self._state == _PREAMBLE:
+            raise PacsProtocolError("multipart body has no boundary delimiter")
+        if self._state == _AFTER_DELIMITER:
+            raise PacsProtocolError("multipart body ends right after a delimiter")
+        if self._state == _HEADERS:
+            raise PacsProtocolError("multipart part headers are cut off or too long")
+        raise PacsProtocolError("multipart body ends inside a part (transfer cut off)")
+
+    def abort(self) -> None:
+        """Abort the part being received, if any (the transfer failed)."""
+        part, self._part = self._part, None
+        if part is not None:
+            part.abort()
+
+    def _step(self) -> bool:
+        """Make what progress the buffer allows; False when it needs more bytes."""
+        if self._state == _PREAMBLE:
+            return self._skip_preamble()
+        if self._state == _AFTER_DELIMITER:
+            if len(self._buffer) < 2:
                 return False
-        return True
-
-    async def _read_more(self) -> bool:
-        while not self._exhausted:
-            chunk = await anext(self._chunks, None)
-            if chunk is None:
-                self._exhausted = True
-            elif chunk:
-                self._buffer += chunk
-                return True
+            if self._buffer[:2] == b"--":
+                self._state = _DONE
+                self._buffer.clear()
+                return False
+            self._state = _HEADERS
+            return True
+        if self._state == _HEADERS:
+            return self._read_headers()
+        if self._state == _CONTENT:
+            return self._read_content()
         return False
 
-    async def _skip_past_delimiter(self) -> None:
-        while (index := self._buffer.find(self._delimiter)) < 0:
+    def _skip_preamble(self) -> bool:
+        index = self._buffer.find(self._delimiter)
+        if index < 0:
             keep = len(self._delimiter) - 1
             if len(self._buffer) > keep:
                 del self._buffer[:-keep]
-            if not await self._read_more():
-                raise PacsProtocolError("multipart body has no boundary delimiter")
+            return False
         del self._buffer[: index + len(self._delimiter)]
+        self._state = _AFTER_DELIMITER
+        return True
 
-    async def _read_headers(self) -> dict[str, str]:
-        while (found := _blank_line(self._buffer)) is None:
-            if len(self._buffer) > _MAX_HEADER_BYTES or not await self._read_more():
+    def _read_headers(self) -> bool:
+        found = _blank_line(self._buffer)
+        if found is None:
+            if len(self._buffer) > _MAX_HEADER_BYTES:
                 raise PacsProtocolError("multipart part headers are cut off or too long")
+            return False
         end, after = found
         # What follows the delimiter up to the first line end is transport padding (RFC 2046 §5.1.1).
         first_line_end = self._buffer.find(b"\n")
@@ -115,29 +155,33 @@ class MultipartReader:
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()
-        return headers
+        self.parts += 1
+        self._part = self._handler.begin(headers)
+        self._state = _CONTENT
+        return True
 
-    async def _part_content(self) -> AsyncIterator[bytes]:
-        keep = len(self._delimiter)  # one more than a delimiter's prefix: the CR in front of it
-        while True:
-            index = self._buffer.find(self._delimiter)
-            if index >= 0:
-                end = index - 1 if index and self._buffer[index - 1] == 0x0D else index
-                if end:
-                    yield self._take(end)
-                del self._buffer[: index - end + len(self._delimiter)]
-                return
+    def _read_content(self) -> bool:
+        part = self._part
+        assert part is not None
+        index = self._buffer.find(self._delimiter)
+        if index < 0:
+            keep = len(self._delimiter)  # one more than a delimiter's prefix: the CR in front of it
             if len(self._buffer) > keep:
-                yield self._take(len(self._buffer) - keep)
-            if not await self._read_more():
-                raise PacsProtocolError("multipart body ends inside a part (transfer cut off)")
+                self._hand_on(part, len(self._buffer) - keep)
+            return False
+        end = index - 1 if index and self._buffer[index - 1] == 0x0D else index
+        if end:
+            self._hand_on(part, end)
+        del self._buffer[: index - end + len(self._delimiter)]
+        self._part = None
+        part.end()
+        self._state = _AFTER_DELIMITER
+        return True
 
-    def _take(self, size: int) -> bytes:
-        """The first ``size`` bytes of the buffer, removed from it (copied once)."""
-        with memoryview(self._buffer) as view:
-            data = bytes(view[:size])
+    def _hand_on(self, part: PartConsumer, size: int) -> None:
+        with memoryview(self._buffer) as view, view[:size] as piece:
+            part.write(piece)
         del self._buffer[:size]
-        return data
 
 
 def _blank_line(buffer: bytearray) -> tuple[int, int] | None:
@@ -147,3 +191,30 @@ def _blank_line(buffer: bytearray) -> tuple[int, int] | None:
         if (index := buffer.find(blank)) >= 0:
             candidates.append((index, index + len(blank)))
     return min(candidates) if candidates else None
+
+
+def content_length(headers: dict[str, str]) -> int | None:
+    """The Content-Length of these headers, or None when absent or not a number."""
+    value = headers.get("content-length", "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+class WholeBody:
+    """A body that is one part (not multipart): fed straight to one consumer."""
+
+    def __init__(self, part: PartConsumer) -> None:
+        self._part: PartConsumer | None = part
+
+    def feed(self, data: memoryview) -> None:
+        assert self._part is not None
+        self._part.write(data)
+
+    def close(self) -> None:
+        part, self._part = self._part, None
+        if part is not None:
+            part.end()
+
+    def abort(self) -> None:
+        part, self._part = self._part, None
+        if part is not None:
+            part.abort()

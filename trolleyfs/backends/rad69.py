@@ -5,7 +5,7 @@ A request names a study, its series and, in each, the instances wanted as XDS do
 The answer is MTOM/XOP: a ``multipart/related`` body whose root part is the SOAP envelope, listing
 each document with an ``<xop:Include href="cid:...">`` that names the part holding its bytes.
 Parts are matched to documents by that Content-ID, never by position, and streamed to the sink
-as they arrive. Documents the repository could not return are reported in a ``RegistryErrorList``
+as they arrive (split in the worker thread that reads the body). Documents the repository could not return are reported in a ``RegistryErrorList``
 (for instance ``XDSMissingDocument``) and become a PacsError naming them.
 
 Instances are asked for a series at a time, at most ``batch_size`` per request; a study, or a
@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 from xml.etree import ElementTree
 from xml.etree.ElementTree import Element
 
-from trolleyfs.backends.base import InstanceSink, store, store_bytes
+from trolleyfs.backends.base import InstanceSink, store_bytes
 from trolleyfs.backends.dimse_retrieve import COMMON
-from trolleyfs.backends.http import HttpSession, checked_uid, loggable
-from trolleyfs.backends.multipart import MultipartReader, boundary_of
+from trolleyfs.backends.http import Answer, BodyConsumer, HttpSession, checked_uid, loggable
+from trolleyfs.backends.multipart import (
+    MultipartSplitter, PartConsumer, WholeBody, boundary_of, content_length, media_type,
+)
 from trolleyfs.backends.safe_xml import parse_xml
 from trolleyfs.errors import NeedsInstances, PacsError, PacsProtocolError, UnrequestedInstance
 from trolleyfs.model import InstanceReference, Reference, SeriesReference
@@ -83,18 +85,16 @@ class Rad69:
             "Accept-Encoding": "identity",
         }
         where = f"RAD-69 {loggable(self.url)}"
-        received: set[str] = set()
         asked = {uid: InstanceReference(study_uid=study_uid, series_uid=series_uid, instance_uid=uid) for uid in uids}
-        async with self.session.stream(self.url, headers, method="POST", content=body) as response:
-            content_type = response.headers.get("content-type", "")
-            if content_type.lower().startswith("multipart/"):  # media types are case-insensitive
-                envelope = await _stream_mtom(response.aiter_bytes(), content_type, sink, asked, received, where)
-            else:
-                envelope = parse_envelope(await response.aread(), where)
+        answer = _Answer(sink, asked, where)
+        await self.session.receive(self.url, answer.open_body, headers, method="POST", content=body)
+        envelope = answer.envelope
+        if envelope is None:
+            raise PacsProtocolError(f"{where}: multipart answer without parts")
         for uid, data in envelope.inline.items():
             await store_bytes(sink, _asked(asked, uid, where), data)
-            received.add(uid)
-        missing = [uid for uid in uids if uid not in received]
+            answer.received.add(uid)
+        missing = [uid for uid in uids if uid not in answer.received]
         if missing:
             reasons = "; ".join(envelope.errors) or "no reason given"
             raise PacsError(f"{where}: {len(missing)} of {len(uids)} instances not returned ({reasons})")
@@ -106,39 +106,56 @@ def _asked(asked: dict[str, InstanceReference], uid: str, where: str) -> Instanc
     return asked[uid]
 
 
-async def _stream_mtom(
-    chunks: AsyncIterator[bytes], content_type: str, sink: InstanceSink, asked: dict[str, InstanceReference],
-    received: set[str], where: str,
-) -> Envelope:
-    """Read an MTOM answer: the envelope first, then each attachment into the sink by Content-ID."""
-    envelope: Envelope | None = None
-    reader = MultipartReader(chunks, boundary_of(content_type))
-    async for part in reader.parts():
-        if envelope is None:
-            if not part.content_type.startswith(("application/xop+xml", "application/soap+xml")):
-                raise PacsProtocolError(f"{where}: first part is {part.content_type!r}, not the SOAP envelope")
-            envelope = parse_envelope(await _read_bounded(part.content, where), where)
-            continue
-        content_id = part.headers.get("content-id", "").strip().strip("<>")
-        uid = envelope.documents.get(content_id)
+class _Answer:
+    """One RAD-69 answer, read in the worker thread: an MTOM body (the envelope first, then each
+    attachment into the sink by Content-ID) or a bare SOAP envelope."""
+
+    def __init__(self, sink: InstanceSink, asked: dict[str, InstanceReference], where: str) -> None:
+        self._sink = sink
+        self._asked = asked
+        self._where = where
+        self.envelope: Envelope | None = None
+        self.received: set[str] = set()
+
+    def open_body(self, answer: Answer) -> BodyConsumer:
+        content_type = answer.header("content-type")
+        if content_type.lower().startswith("multipart/"):  # media types are case-insensitive
+            return MultipartSplitter(boundary_of(content_type), self)
+        return WholeBody(_EnvelopePart(self))
+
+    def begin(self, headers: dict[str, str]) -> PartConsumer:
+        where = self._where
+        if self.envelope is None:
+            if not media_type(headers).startswith(("application/xop+xml", "application/soap+xml")):
+                raise PacsProtocolError(f"{where}: first part is {media_type(headers)!r}, not the SOAP envelope")
+            return _EnvelopePart(self)
+        content_id = headers.get("content-id", "").strip().strip("<>")
+        uid = self.envelope.documents.get(content_id)
         if uid is None:
             raise PacsProtocolError(f"{where}: a part with Content-ID {content_id!r} that no document refers to")
-        if uid in received:
+        if uid in self.received:
             raise PacsProtocolError(f"{where}: instance {uid} sent twice")
-        await store(sink, _asked(asked, uid, where), part.content)
-        received.add(uid)
-    if envelope is None:
-        raise PacsProtocolError(f"{where}: multipart answer without parts")
-    return envelope
+        self.received.add(uid)
+        return self._sink.open_part(_asked(self._asked, uid, where), content_length(headers))
 
 
-async def _read_bounded(content: AsyncIterator[bytes], where: str) -> bytes:
-    data = bytearray()
-    async for chunk in content:
-        data += chunk
-        if len(data) > _MAX_ENVELOPE_BYTES:
-            raise PacsProtocolError(f"{where}: SOAP envelope larger than {_MAX_ENVELOPE_BYTES} bytes")
-    return bytes(data)
+class _EnvelopePart:
+    """The SOAP envelope, kept in memory (bounded) and parsed when complete."""
+
+    def __init__(self, answer: _Answer) -> None:
+        self._answer = answer
+        self._data = bytearray()
+
+    def write(self, data: memoryview) -> None:
+        self._data += data
+        if len(self._data) > _MAX_ENVELOPE_BYTES:
+            raise PacsProtocolError(f"{self._answer._where}: SOAP envelope larger than {_MAX_ENVELOPE_BYTES} bytes")
+
+    def end(self) -> None:
+        self._answer.envelope = parse_envelope(bytes(self._data), self._answer._where)
+
+    def abort(self) -> None:
+        self._data.clear()
 
 
 def request_envelope(url: str, repository_id: str, study_uid: str, series_uid: str, uids: list[str]) -> bytes:

@@ -1,14 +1,15 @@
 """WADO-RS downloader (PS3.18 §10.4): study, series and instance retrieval as multipart/related.
 
-Asks for the stored bytes unchanged (``transfer-syntax=*``) and streams every part straight into
-the sink, so a series never sits in memory.
+Asks for the stored bytes unchanged (``transfer-syntax=*``); the body is split in the worker
+thread that reads it and every part goes straight into the sink, so a series never sits in memory
+and a part's file can be read while it arrives (each part's Content-Length gives its size).
 """
 
 from __future__ import annotations
 
-from trolleyfs.backends.base import InstanceSink, store
-from trolleyfs.backends.http import HttpSession, build_url, checked_uid
-from trolleyfs.backends.multipart import MultipartReader, boundary_of
+from trolleyfs.backends.base import InstanceSink
+from trolleyfs.backends.http import Answer, HttpSession, build_url, checked_uid
+from trolleyfs.backends.multipart import MultipartSplitter, PartConsumer, boundary_of, content_length, media_type
 from trolleyfs.errors import PacsProtocolError
 from trolleyfs.model import InstanceReference, Reference, SeriesReference
 
@@ -26,19 +27,35 @@ class WadoRS:
 
     async def fetch(self, reference: Reference, sink: InstanceSink) -> None:
         url = build_url(self.url, _path(reference))
-        single = isinstance(reference, InstanceReference)
-        parts_seen = 0
-        async with self.session.stream(url, ACCEPT_DICOM_MULTIPART) as response:
-            reader = MultipartReader(response.aiter_bytes(), boundary_of(response.headers.get("content-type", "")))
-            async for part in reader.parts():
-                if not part.content_type.startswith("application/dicom"):
-                    raise PacsProtocolError(f"WADO-RS {url}: part of type {part.content_type!r}")
-                if single and parts_seen:
-                    raise PacsProtocolError(f"WADO-RS {url}: more than one part for one instance")
-                await store(sink, reference, part.content)
-                parts_seen += 1
-        if not parts_seen:
+        splitters: list[MultipartSplitter] = []
+
+        def open_body(answer: Answer) -> MultipartSplitter:
+            splitter = MultipartSplitter(boundary_of(answer.header("content-type")), _Instances(sink, reference, url))
+            splitters.append(splitter)
+            return splitter
+
+        await self.session.receive(url, open_body, ACCEPT_DICOM_MULTIPART)
+        if not splitters or not splitters[0].parts:
             raise PacsProtocolError(f"WADO-RS {url}: answer has no instances")
+
+
+class _Instances:
+    """Each part of the answer into the sink (in the worker thread)."""
+
+    def __init__(self, sink: InstanceSink, reference: Reference, url: str) -> None:
+        self._sink = sink
+        self._reference = reference
+        self._single = isinstance(reference, InstanceReference)
+        self._url = url
+        self._parts = 0
+
+    def begin(self, headers: dict[str, str]) -> PartConsumer:
+        if not media_type(headers).startswith("application/dicom"):
+            raise PacsProtocolError(f"WADO-RS {self._url}: part of type {media_type(headers)!r}")
+        if self._single and self._parts:
+            raise PacsProtocolError(f"WADO-RS {self._url}: more than one part for one instance")
+        self._parts += 1
+        return self._sink.open_part(self._reference, content_length(headers))
 
 
 def _path(reference: Reference) -> str:

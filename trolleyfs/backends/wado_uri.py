@@ -1,9 +1,11 @@
-"""WADO-URI downloader (PS3.18 §9): one ``requestType=WADO`` request per instance."""
+"""WADO-URI downloader (PS3.18 §9): one ``requestType=WADO`` request per instance, its body read
+in the worker thread straight into the sink (readable while it arrives, when its size is given)."""
 
 from __future__ import annotations
 
-from trolleyfs.backends.base import InstanceSink, store
-from trolleyfs.backends.http import HttpSession, build_url, checked_uid
+from trolleyfs.backends.base import InstanceSink
+from trolleyfs.backends.http import Answer, HttpSession, build_url, checked_uid
+from trolleyfs.backends.multipart import WholeBody, content_length
 from trolleyfs.errors import NeedsInstances, PacsProtocolError
 from trolleyfs.model import InstanceReference, Reference
 
@@ -26,8 +28,13 @@ class WadoURI:
                 ("contentType", "application/dicom"),
             ],
         )
-        async with self.session.stream(url, {"Accept-Encoding": "identity"}) as response:
-            content_type = response.headers.get("content-type", "")
+
+        def open_body(answer: Answer) -> WholeBody:
+            content_type = answer.header("content-type")
             if not content_type.lower().startswith("application/dicom"):
                 raise PacsProtocolError(f"WADO-URI {url}: answer of type {content_type!r}, not application/dicom")
-            await store(sink, reference, response.aiter_bytes())
+            encoded = answer.header("content-encoding").strip().lower() not in ("", "identity")
+            size = None if encoded else content_length({"content-length": answer.header("content-length")})
+            return WholeBody(sink.open_part(reference, size))
+
+        await self.session.receive(url, open_body, {"Accept-Encoding": "identity"})

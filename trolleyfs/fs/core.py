@@ -135,6 +135,10 @@ class FileSystem:
         open_file = self._open_files[handle]
         if open_file.snapshot is not None:
             return open_file.snapshot[offset : offset + size]
+        if (arrival := open_file.arrival) is not None and not arrival.complete:
+            # still arriving: what has arrived is read at once, beyond it the read waits
+            await arrival.wait_for(min(offset + size, arrival.size or 0))
+            return os.pread(open_file.fd, size, offset)
         if open_file.just_written:
             return os.pread(open_file.fd, size, offset)
         return await trio.to_thread.run_sync(os.pread, open_file.fd, size, offset, limiter=_read_limiter)

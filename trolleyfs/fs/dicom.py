@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from trolleyfs.errors import CacheError
+from trolleyfs.cache import Arrival
 from trolleyfs.fs.generated import GeneratedFile
 from trolleyfs.fs.names import NameTemplate, study_time, unique_names
 from trolleyfs.fs.nodes import Directory, File, Node, OpenFile
@@ -228,18 +228,15 @@ class InstanceFile(File):
         )
 
     async def open(self) -> OpenFile:
-        """Download the instance unless cached, so that fstat right after open tells its size."""
+        """Open the instance's cache file, downloading it first unless cached; returns once its
+        size is known (fstat right after open tells it) and what has arrived can be read."""
         trolley = self.mount.trolley
-        opened = trolley.open_cached(self.uid)
-        if opened is None:
-            downloaded = await trolley.instance_file(self.reference)
-            self._maybe_read_ahead(downloaded.size)
-            opened = trolley.cache.open_for_reading(self.uid)
-            if opened is None:
-                raise CacheError(f"{self.uid} left the cache as soon as it was downloaded")
-        fd, cached = opened
-        self.size, self.size_exact = cached.size, True
-        return OpenFile(self, fd=fd, just_written=trolley.cache.just_written(self.uid))
+        was_cached = self.uid in trolley.cache
+        opened = await trolley.open_instance(self.reference)
+        if not was_cached:
+            self._maybe_read_ahead(opened.size)
+        self.size, self.size_exact = opened.size, True
+        return OpenFile(self, fd=opened.fd, just_written=opened.just_written, arrival=opened.arrival)
 
     def _maybe_read_ahead(self, file_size: int) -> None:
         """After a file had to be downloaded, fetch the rest of its series in the background when
@@ -248,7 +245,7 @@ class InstanceFile(File):
         siblings = [node for node in (self.series_dir.children or {}).values() if isinstance(node, InstanceFile)]
         estimate = sum(node.size or file_size for node in siblings)
         cache = self.mount.trolley.cache
-        missing = any(node.uid not in cache for node in siblings)
+        missing = any(node.uid not in cache and not cache.arriving(node.uid) for node in siblings)
         if len(siblings) > 1 and missing and estimate <= self.mount.settings.readahead_max:
             reference = self.reference
             sop_classes = tuple(sorted({node.reference.sop_class_uid for node in siblings} - {""}))
@@ -256,20 +253,24 @@ class InstanceFile(File):
                 SeriesReference(
                     study_uid=reference.study_uid, series_uid=reference.series_uid, sop_class_uids=sop_classes,
                     modalities=reference.modalities,
-                )
+                ),
+                estimate,
             )
 
     async def xattrs(self) -> dict[str, bytes]:
         """What the search told, and, once the file is cached, the text elements of its header."""
         attributes = {"SOPInstanceUID": self.uid, **self.instance.attributes}
+        cache = self.mount.trolley.cache
         if self._header is None:
-            opened = self.mount.trolley.cache.open_for_reading(self.uid)  # pinned: not evicted meanwhile
+            opened = cache.open_for_reading(self.uid) or cache.open_arrival(self.uid)  # pinned meanwhile
             if opened is not None:
-                fd, _ = opened
+                fd, entry = opened
                 try:
+                    if isinstance(entry, Arrival) and entry.arrived < (entry.size or 0):
+                        return xattr_values(attributes)  # not all here yet: no download is waited for
                     self._header = await trio.to_thread.run_sync(header_attributes, fd, limiter=_header_limiter)
                 finally:
-                    self.mount.trolley.cache.close_for_reading(self.uid, fd)
+                    cache.close_for_reading(self.uid, fd)
         return xattr_values({**attributes, **(self._header or {})})
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from trolleyfs.errors import NotFound
 
 if TYPE_CHECKING:
+    from trolleyfs.cache import Arrival
     from trolleyfs.fs.settings import FsSettings
     from trolleyfs.trolley import Trolley
 
@@ -35,6 +36,8 @@ class OpenFile:
     """Its pages are in the page cache (published moments ago): read without a thread hop."""
     snapshot: bytes | None = None
     """Contents fixed at open, for generated files."""
+    arrival: Arrival | None = None
+    """Set when opened while still arriving: reads past what has arrived wait for it."""
     direct_io: bool = False
 
 
