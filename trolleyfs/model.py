@@ -139,6 +139,11 @@ class StudyReference(BaseModel):
         sending anything else is not believed (it would be cached under a UID it does not own)."""
         return study_uid == self.study_uid
 
+    def admits_uid(self, instance_uid: str) -> bool | None:
+        """Whether the SOPInstanceUID alone admits (True) or refuses (False) an instance; None
+        when its study and series UIDs must be read to decide."""
+        return None
+
 
 class SeriesReference(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -152,6 +157,9 @@ class SeriesReference(BaseModel):
     """Its instances, when known: a downloader that fetches named instances (RAD-69) can then
     fetch the series in batches instead of asking for its instances one by one, and no other
     instance is admitted."""
+    listed_uids: frozenset[str] = frozenset()
+    """The instances its listing showed (not asked for by name): an answer's instance is
+    admitted by its SOPInstanceUID being one of them, which is cheaper to read than its header."""
 
     @cached_property
     def _named(self) -> frozenset[str]:
@@ -161,6 +169,13 @@ class SeriesReference(BaseModel):
         return (study_uid, series_uid) == (self.study_uid, self.series_uid) and (
             not self.instance_uids or instance_uid in self._named
         )
+
+    def admits_uid(self, instance_uid: str) -> bool | None:
+        if self.instance_uids:
+            return instance_uid in self._named
+        if self.listed_uids:
+            return instance_uid in self.listed_uids
+        return None
 
 
 class InstanceReference(BaseModel):
@@ -179,6 +194,9 @@ class InstanceReference(BaseModel):
 
     def admits(self, study_uid: str, series_uid: str, instance_uid: str) -> bool:
         return (study_uid, series_uid, instance_uid) == (self.study_uid, self.series_uid, self.instance_uid)
+
+    def admits_uid(self, instance_uid: str) -> bool | None:
+        return None if instance_uid == self.instance_uid else False  # and then its study and series
 
 
 Reference = StudyReference | SeriesReference | InstanceReference

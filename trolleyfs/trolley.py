@@ -252,12 +252,15 @@ class Trolley:
     def downloads_in_flight(self) -> int:
         return len(self._singles) + len(self._read_aheads)
 
+    def reading_ahead(self, series_uid: str) -> bool:
+        """Whether a read-ahead of this series is running or queued."""
+        return series_uid in self._read_aheads or any(
+            queued.series_uid == series_uid for queued, _ in self._queued_read_aheads)
+
     def read_ahead(self, series: SeriesReference, estimated_bytes: int = 0) -> None:
         """Download ``series`` in the background, unless that is under way or queued already:
         now if the bounds allow, else once a running read-ahead ends."""
-        if self._nursery is None or series.series_uid in self._read_aheads:
-            return
-        if any(queued.series_uid == series.series_uid for queued, _ in self._queued_read_aheads):
+        if self._nursery is None or self.reading_ahead(series.series_uid):
             return
         self._queued_read_aheads.append((series, estimated_bytes))
         self._admit_read_aheads()

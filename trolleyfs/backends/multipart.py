@@ -187,8 +187,9 @@ class MultipartSplitter:
 def _blank_line(buffer: bytearray) -> tuple[int, int] | None:
     """Where the header block ends (the first empty line, CRLF or LF) and its content starts."""
     candidates = []
+    limit = _MAX_HEADER_BYTES + 4  # headers are short: never scan a large buffer for them
     for blank in (b"\r\n\r\n", b"\n\n", b"\n\r\n"):
-        if (index := buffer.find(blank)) >= 0:
+        if (index := buffer.find(blank, 0, limit)) >= 0:
             candidates.append((index, index + len(blank)))
     return min(candidates) if candidates else None
 

@@ -242,17 +242,19 @@ class InstanceFile(File):
         """After a file had to be downloaded, fetch the rest of its series in the background when
         the series (as estimated from its listing) fits within ``readahead_max`` and some of it
         is not cached yet (the file may have been the last one a read-ahead just delivered)."""
+        if self.mount.trolley.reading_ahead(self.series_dir.series.uid):
+            return
         siblings = [node for node in (self.series_dir.children or {}).values() if isinstance(node, InstanceFile)]
         estimate = sum(node.size or file_size for node in siblings)
         cache = self.mount.trolley.cache
         missing = any(node.uid not in cache and not cache.arriving(node.uid) for node in siblings)
         if len(siblings) > 1 and missing and estimate <= self.mount.settings.readahead_max:
             reference = self.reference
-            sop_classes = tuple(sorted({node.reference.sop_class_uid for node in siblings} - {""}))
+            sop_classes = tuple(sorted({text_of(node.instance.attributes.get("SOPClassUID")) for node in siblings} - {""}))
             self.mount.trolley.read_ahead(
                 SeriesReference(
                     study_uid=reference.study_uid, series_uid=reference.series_uid, sop_class_uids=sop_classes,
-                    modalities=reference.modalities,
+                    modalities=reference.modalities, listed_uids=frozenset(node.uid for node in siblings),
                 ),
                 estimate,
             )
