@@ -59,7 +59,7 @@ _JUST_WRITTEN = 60.0
 """Seconds after publishing during which a file is taken to be in the page cache still."""
 _HEAD_BYTES = 64 * 1024
 """Bytes of a file kept in memory while it is received, to identify it from its header."""
-_FIRST_LOOK = 16 * 1024
+_FIRST_LOOK = 4 * 1024
 """Bytes of a file after which its header is read a first time (most headers are shorter)."""
 _MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
 _LAST_IDENTIFYING_TAG = 0x0020000E

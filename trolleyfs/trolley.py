@@ -55,6 +55,8 @@ PREFETCH_WORKERS = 4
 _READ_AHEADS = 2
 """Series read ahead at once."""
 _QUEUED_READ_AHEADS = 16
+_SETTLED = "\0settled"
+"""The waiters key of ``settled`` (no SOPInstanceUID holds a NUL)."""
 STAT_NAMES = (
     "searches", "download_requests", "instances_downloaded", "bytes_downloaded", "cache_hits", "read_aheads",
     "listings_truncated", "instances_refused", "instances_skipped",
@@ -198,16 +200,20 @@ class Trolley:
         uid = reference.instance_uid
         with self.cache.wanted(uid):
             flight: _Flight | None = None
+            own = False  # whether this open started the download it waits for
             while True:
                 opened = self._open_now(uid, hit=flight is None)
                 if opened is not None:
                     return opened
                 if self._read_aheads.get(reference.series_uid) is None and not self.cache.arriving(uid):
                     if flight is not None and flight.ended:
-                        raise _again(flight.error) if flight.error else PacsProtocolError(
-                            f"the download of {uid} left nothing in the cache")
-                    flight = self._singles.get(uid)
+                        if own or not flight.error:
+                            raise _again(flight.error) if flight.error else PacsProtocolError(
+                                f"the download of {uid} left nothing in the cache")
+                        flight = None  # joined one already failing: try once on our own
+                    flight = self._singles.get(uid) if flight is None else flight
                     if flight is None:
+                        own = True
                         flight = self._singles[uid] = _Flight()
                         if self._nursery is None:  # no background work: the opener downloads it
                             await self._run_single(reference, flight)
@@ -251,6 +257,11 @@ class Trolley:
     @property
     def downloads_in_flight(self) -> int:
         return len(self._singles) + len(self._read_aheads)
+
+    async def settled(self) -> None:
+        """Until no download runs or waits to run (for ``trolleyfs prefetch`` and tests)."""
+        while self.downloads_in_flight or self._queued_read_aheads:
+            await self._waiters.setdefault(_SETTLED, trio.Event()).wait()
 
     def reading_ahead(self, series_uid: str) -> bool:
         """Whether a read-ahead of this series is running or queued."""
