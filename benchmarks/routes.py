@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,10 @@ def cat(files: list[Path]) -> None:
 
 def list_recursively(directory: Path) -> None:
     subprocess.run(["ls", "-lR", str(directory)], stdout=subprocess.DEVNULL, check=True)
+
+
+def list_long(directory: Path) -> None:
+    subprocess.run(["ls", "-l", str(directory)], stdout=subprocess.DEVNULL, check=True)
 
 
 def dicom_files(directory: Path) -> list[Path]:
@@ -104,3 +109,30 @@ def rclone_mount(webdav_url: str, work: Path) -> Iterator[Path]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def noop_mount(source: Path, work: Path) -> Iterator[Path]:
+    """The no-op pyfuse3 filesystem (benchmarks/noop_fs.py) over ``source`` on ``work/noop``."""
+    mountpoint = work / "noop"
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "noop_fs.py"), str(source), str(mountpoint)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        if process.stdout is None or process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the no-op pyfuse3 mount did not come up")
+        yield mountpoint
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, check=False)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def qido_instances(base_url: str, study_uid: str, series_uid: str) -> None:
+    """One raw QIDO-RS instance search of a series: the listing floor."""
+    response = httpx.get(f"{base_url}/studies/{study_uid}/series/{series_uid}/instances",
+                         headers={"Accept": "application/dicom+json"}, timeout=120)
+    response.raise_for_status()

@@ -98,6 +98,12 @@ def series_round(env: Orthancs, table: Table, round_number: int) -> None:
     local_files = sorted(local.iterdir())
     routes.cat(local_files)
     table.record("local disk: warm cat", routes.timed(lambda: routes.cat(local_files)))
+    with routes.noop_mount(local, work) as noop:
+        noop_files = sorted(noop.iterdir())
+        table.record("no-op pyfuse3: cold cat", routes.timed(lambda: routes.cat(noop_files)))
+        table.record("no-op pyfuse3: warm cat", routes.timed(lambda: routes.cat(noop_files)))
+    table.record("raw QIDO-RS series search", routes.timed(
+        lambda: routes.qido_instances(orthanc.dicomweb_url, env.series["study"], env.series["series"])))
     for name, downloader, raw_slash in (("WadoRS", "wado-rs", False), ("WadoURI", "wado-uri", False),
                                         ("WadoURI async", "wado-uri-async", False),
                                         ("WadoURI, slash unescaped for Orthanc", "wado-uri", True)):
@@ -138,6 +144,20 @@ def trolleyfs_series(table: Table, work: Path, name: str, source: str, options: 
         remounted = mounts(source, **QUIET, **options)
         files = routes.dicom_files(remounted.patients / patient.name)
         table.record(f"trolleyfs {name}: cat after restart", routes.timed(lambda: routes.cat(files)))
+        remounted.unmount()
+        if name == "wado-rs":
+            (work / "fresh").mkdir()
+            fresh = MountFactory(work / "fresh")
+            try:
+                mounted = fresh(source, **QUIET, **options)
+                series_dir = next(next((mounted.patients / patient.name).iterdir()).iterdir())
+                table.record(f"trolleyfs {name}: series listing", routes.timed(lambda: routes.list_long(series_dir)))
+                mounted.unmount()
+                mounted = fresh(source, **QUIET, **options, cache_dir=work / "cache-fresh")  # empty
+                table.record(f"trolleyfs {name}: find + cold cat", routes.timed(
+                    lambda: routes.cat(routes.dicom_files(mounted.patients / patient.name))))
+            finally:
+                fresh.unmount_all()
     finally:
         mounts.unmount_all()
 
@@ -148,6 +168,9 @@ def study_round(env: Orthancs, table: Table, round_number: int) -> None:
     url = f"{orthanc.dicomweb_url}/studies/{env.study['study']}"
     table.record("direct WADO-RS study, httpx", routes.timed(lambda: routes.httpx_download(url, work / "httpx")))
     table.record("direct WADO-RS study, curl", routes.timed(lambda: routes.curl_download(url, work / "curl")))
+    table.record("raw QIDO-RS slowest series search", max(
+        routes.timed(lambda uid=uid: routes.qido_instances(orthanc.dicomweb_url, env.study["study"], uid))
+        for uid in env.study["all_series"]))
     mounts = MountFactory(work)
     try:
         mounted = mounts(orthanc.dicomweb_url, **QUIET)
@@ -192,7 +215,27 @@ def print_table(table: Table, columns: dict[str, str | None]) -> None:
 def acceptance(series: Table, study: Table) -> dict[str, dict]:
     cold = series.median("trolleyfs wado-rs: cold cat")
     peers = [m for r in series.samples if r.startswith("dicomtrolley") and (m := series.median(r))]
+
+    def ratio(route: str, by: str, table: Table = series) -> float | None:
+        top, bottom = table.median(route), table.median(by)
+        return top / bottom if top is not None and bottom else None
+
+    with_listing = series.median("trolleyfs wado-rs: find + cold cat")
     checks = {
+        "cold cat vs curl (<= 3)": (ratio("trolleyfs wado-rs: cold cat", "direct WADO-RS, curl"), 3.0, "<="),
+        "cold cat vs no-op pyfuse3 cold (<= 1.5)": (ratio("trolleyfs wado-rs: cold cat", "no-op pyfuse3: cold cat"),
+                                                    1.5, "<="),
+        "find + cold cat vs best dicomtrolley (<= 0.8)": (with_listing / min(peers) if peers and with_listing else None,
+                                                          0.8, "<="),
+        "find + cold cat vs rclone cold (<= 0.33)": (ratio("trolleyfs wado-rs: find + cold cat", "rclone: cold cat"),
+                                                     1 / 3, "<="),
+        "warm cat vs no-op pyfuse3 warm (<= 1.1)": (ratio("trolleyfs wado-rs: warm cat", "no-op pyfuse3: warm cat"),
+                                                    1.1, "<="),
+        "series listing vs raw QIDO-RS (<= 1.2)": (ratio("trolleyfs wado-rs: series listing", "raw QIDO-RS series search"),
+                                                   1.2, "<="),
+        "ls -lR of the study vs its slowest series search (<= 1.5)": (
+            ratio("trolleyfs: ls -lR", "raw QIDO-RS slowest series search", study), 1.5, "<="),
+        "C-GET cold cat vs getscu (<= 1.5)": (ratio("trolleyfs c-get: cold cat", "getscu (DCMTK C-GET)"), 1.5, "<="),
         "cold series read vs best dicomtrolley (<= 1)": (cold / min(peers) if peers else None, 1.0, "<="),
         "rclone cold / trolleyfs cold (>= 3)": (series.median("rclone: cold cat") / cold, 3.0, ">="),
         "warm read vs local disk (<= 1.5)": (
@@ -211,7 +254,7 @@ def describe(orthanc: Orthanc, spec: SampleSpec, work: Path, key: str) -> dict:
     instances = [i for i in orthanc.instances() if i["PatientID"] == spec.patients[0][0]]
     first = instances[0]
     description = {"study": first["StudyInstanceUID"], "series": first["SeriesInstanceUID"],
-                   "json": work / f"{key}.json"}
+                   "all_series": sorted({i["SeriesInstanceUID"] for i in instances}), "json": work / f"{key}.json"}
     series_uids = [i["SOPInstanceUID"] for i in instances if i["SeriesInstanceUID"] == first["SeriesInstanceUID"]]
     description["json"].write_text(json.dumps({
         "StudyInstanceUID": first["StudyInstanceUID"], "SeriesInstanceUID": first["SeriesInstanceUID"],
@@ -240,10 +283,11 @@ def main() -> None:
         finally:
             orthanc.stop()
     print_table(series, {"x httpx": "direct WADO-RS, httpx", "x curl": "direct WADO-RS, curl",
-                         "x local": "local disk: warm cat"})
+                         "x local": "local disk: warm cat", "x no-op cold": "no-op pyfuse3: cold cat",
+                         "x no-op warm": "no-op pyfuse3: warm cat"})
     print_table(study, {"x httpx": "direct WADO-RS study, httpx", "x curl": "direct WADO-RS study, curl"})
     checks = acceptance(series, study)
-    print("\nAcceptance (issue 5)\n")
+    print("\nAcceptance (issues 5 and 12)\n")
     for name, check in checks.items():
         value = "n/a" if check["value"] is None else f"{check['value']:.2f}"
         print(f"- {name}: {value} -> {'met' if check['met'] else 'NOT met'}")

@@ -349,12 +349,11 @@ class InstanceCache:
         arrival.wake()
         self.on_arrived(arrival.uid)
 
-    def publish_arrival(self, arrival: Arrival, entry: CachedFile, free: int, size_error: str) -> None:
+    def publish_arrival(self, arrival: Arrival, entry: CachedFile, free: int) -> None:
         """On the event loop: a received file was renamed into place; index it, then tell its
         readers (eviction, if the bound is passed, follows in the background)."""
         self._index_now(arrival.uid, entry, arrival)
-        arrival.complete = not size_error
-        arrival.failed = size_error
+        arrival.complete = True
         arrival.wake()
         self.on_published(arrival.uid, entry.size)
         self.on_arrived(arrival.uid)
@@ -447,6 +446,8 @@ class Writer:
         self.uid = ""
         """The SOPInstanceUID, set once the file is published."""
         self.head = bytearray()
+        self.make_room: Callable[[], None] | None = None
+        """Called (once per write) when the disk is full, to free space before writing on."""
         self._file: BinaryIO | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -465,12 +466,19 @@ class Writer:
     def write_now(self, data: memoryview) -> None:
         if len(self.head) < _HEAD_BYTES:
             self.head += data[: _HEAD_BYTES - len(self.head)]
+        room_made = False
         try:
             if self._file is None:
                 self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - closed by close() or discard()
             view = data
             while view:
-                view = view[self._file.write(view) :]
+                try:
+                    view = view[self._file.write(view) :]
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC or self.make_room is None or room_made:
+                        raise
+                    room_made = True
+                    self.make_room()  # then go on where the write stopped
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise CacheFull(f"no space left for the cache in {self.path.parent}") from exc
@@ -529,6 +537,7 @@ class StreamedPart:
         self._size = size
         self._token = token
         self._writer = cache.new_writer()
+        self._writer.make_room = self._make_room
         self._arrival: Arrival | None = None
         self._skipping = False
         self._tried_at = 0
@@ -546,6 +555,12 @@ class StreamedPart:
             # the most the head keeps, else when the file is complete
             self._tried_at = len(self._writer.head)
             self._identify(complete=False)
+
+    def _make_room(self) -> None:
+        """The disk filled up under the cache (other files, or bounds set too high): drop every
+        file not open, on the event loop, and write on; readers of this file never notice."""
+        log.warning("cache disk full: evicting every file not open and retrying")
+        trio.from_thread.run(self._cache.clear, trio_token=self._token)
 
     def _identify(self, complete: bool) -> None:
         try:
@@ -579,10 +594,9 @@ class StreamedPart:
                     return
             arrival = self._arrival
             assert arrival is not None
-            size_error = ""
             if self._size is not None and self._size != writer.size:
-                size_error = f"the PACS announced {self._size} bytes and sent {writer.size}"
-                log.warning("instance %s: %s", arrival.uid, size_error)
+                # which of the two is right is unknown: nothing is cached, its readers get EIO
+                raise PacsProtocolError(f"the PACS announced {self._size} bytes of an instance and sent {writer.size}")
             final = self._cache.final_path(arrival.uid, writer.size)
             arrival.final_path = final
             os.replace(writer.path, final)
@@ -592,7 +606,7 @@ class StreamedPart:
             raise
         entry = CachedFile(final, writer.size)
         writer.uid = arrival.uid
-        _soon(self._token, self._cache.publish_arrival, arrival, entry, free, size_error)
+        _soon(self._token, self._cache.publish_arrival, arrival, entry, free)
 
     def abort(self) -> None:
         self._writer.discard()

@@ -178,6 +178,8 @@ class Exchange:
                         window_start, window_bytes = now, 0
             if self._aborted:
                 raise Aborted()
+            if response.length:  # read1 ends quietly where the connection did, before Content-Length
+                raise http.client.IncompleteRead(b"", response.length)
         except (OSError, http.client.HTTPException) as exc:
             self._drop()
             if self._aborted:
