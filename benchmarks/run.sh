@@ -3,7 +3,8 @@
 # venv, so that it cannot change trolleyfs's dependencies), then runs the benchmark suite in a
 # private network namespace. Arguments go to benchmarks/run.py (--rounds N, --json FILE);
 # with --memory first, the memory benchmark runs instead (benchmarks/memory.py, --instances N);
-# with --protocols first, the protocol pairs against the embedded PACS (benchmarks/protocols.py).
+# with --protocols first, the protocol pairs against the embedded PACS (benchmarks/protocols.py);
+# with --soak first, a million reads through a mount of the embedded PACS (benchmarks/soak.py, --reads N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -16,5 +17,6 @@ script=benchmarks/run.py
 case "${1:-}" in
     --memory) script=benchmarks/memory.py; shift ;;
     --protocols) script=benchmarks/protocols.py; shift ;;
+    --soak) script=benchmarks/soak.py; shift ;;
 esac
 exec unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python "$0" "$@"' "$script" "$@"
