@@ -158,7 +158,9 @@ class Config(BaseModel):
     retries: int = Field(default=2, ge=0)
     """Extra attempts after a connect error, a 429 or a 5xx answer, with exponential backoff."""
     max_connections: int = Field(default=8, ge=1)
-    """Connections kept open to each server."""
+    """Connections kept open to each server, for searches and, separately, for instance
+    downloads; background downloads (read-ahead) never take the last quarter (at least one) of
+    the latter, which stay free for files a reader opens."""
     cache_dir: Path | None = None
     """Directory of the instance cache; default `/var/cache/trolleyfs/<source hash>` as root,
     else `$XDG_CACHE_HOME/trolleyfs/<source hash>`. Created with mode 0700."""
@@ -192,7 +194,7 @@ class Config(BaseModel):
     fewer, larger read requests for files not yet in the page cache. Set through
     `/sys/class/bdi`, which needs root; 0 leaves the kernel's default."""
     listing_readahead: int = Field(default=16, ge=0)
-    """Opening one series of a study also lists the study's other series in the background (two
+    """Opening one series of a study also lists the study's other series in the background (four
     searches at a time) when it has no more than this many, so that `ls -lR` or a file manager
     counting their entries does not wait one search after another; 0 turns it off."""
     allow_other: bool = False
