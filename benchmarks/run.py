@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import routes  # noqa: E402
+from benchmarks import routes, streaming  # noqa: E402
 from tests.mounting import MountFactory  # noqa: E402
 from trolleyfs.fs.names import patient_dir_name  # noqa: E402
 from trolleyfs.testing.data import SampleSpec, generate  # noqa: E402
@@ -212,7 +212,7 @@ def print_table(table: Table, columns: dict[str, str | None]) -> None:
         print(f"- {fact}: {value}")
 
 
-def acceptance(series: Table, study: Table) -> dict[str, dict]:
+def acceptance(series: Table, study: Table, streams: Table) -> dict[str, dict]:
     cold = series.median("trolleyfs wado-rs: cold cat")
     peers = [m for r in series.samples if r.startswith("dicomtrolley") and (m := series.median(r))]
 
@@ -236,6 +236,12 @@ def acceptance(series: Table, study: Table) -> dict[str, dict]:
         "ls -lR of the study vs its slowest series search (<= 1.5)": (
             ratio("trolleyfs: ls -lR", "raw QIDO-RS slowest series search", study), 1.5, "<="),
         "C-GET cold cat vs getscu (<= 1.5)": (ratio("trolleyfs c-get: cold cat", "getscu (DCMTK C-GET)"), 1.5, "<="),
+        "head -c 1 MB of a cold 512 MiB instance vs curl's first 1 MB, 50 MB/s link (<= 2)": (
+            ratio("trolleyfs: head -c 1000000 of it, cold", "curl: first 1 MB of a 512 MiB instance at 50 MB/s", streams),
+            2.0, "<="),
+        "cold open during 10 read-aheads vs idle (<= 1.5)": (
+            ratio("trolleyfs: open+cat of a cold file during 10 read-aheads", "trolleyfs: open+cat of a cold file, idle mount",
+                  streams), 1.5, "<="),
         "cold series read vs best dicomtrolley (<= 1)": (cold / min(peers) if peers else None, 1.0, "<="),
         "rclone cold / trolleyfs cold (>= 3)": (series.median("rclone: cold cat") / cold, 3.0, ">="),
         "warm read vs local disk (<= 1.5)": (
@@ -282,11 +288,16 @@ def main() -> None:
             series, study = run(env, args.rounds)
         finally:
             orthanc.stop()
+        streams = Table("Streaming and contention, embedded PACS, medians")
+        streaming.big_file_rounds(work, args.rounds, streams.record)
+        streaming.contention_rounds(work, args.rounds, streams.record)
     print_table(series, {"x httpx": "direct WADO-RS, httpx", "x curl": "direct WADO-RS, curl",
                          "x local": "local disk: warm cat", "x no-op cold": "no-op pyfuse3: cold cat",
                          "x no-op warm": "no-op pyfuse3: warm cat"})
     print_table(study, {"x httpx": "direct WADO-RS study, httpx", "x curl": "direct WADO-RS study, curl"})
-    checks = acceptance(series, study)
+    print_table(streams, {"x curl 1 MB": "curl: first 1 MB of a 512 MiB instance at 50 MB/s",
+                          "x idle": "trolleyfs: open+cat of a cold file, idle mount"})
+    checks = acceptance(series, study, streams)
     print("\nAcceptance (issues 5 and 12)\n")
     for name, check in checks.items():
         value = "n/a" if check["value"] is None else f"{check['value']:.2f}"
@@ -296,7 +307,7 @@ def main() -> None:
         "machine": {"kernel": platform.release(), "python": platform.python_version(),
                     "cpus": len(os.sched_getaffinity(0))},
         "rounds": args.rounds,
-        "tables": [vars(series), vars(study)],
+        "tables": [vars(series), vars(study), vars(streams)],
         "acceptance": checks,
     }
     args.json.write_text(json.dumps(report, indent=2, default=str))
