@@ -2,8 +2,8 @@
 
 Both put each received instance into the sink as a Part-10 file made of the dataset bytes exactly
 as the peer sent them (pynetdicom's ``encoded_dataset``: no decoding, no re-encoding). Received
-instances cross from pynetdicom's threads to trio with ``trio.from_thread.run``, so a slow disk
-slows the peer down instead of filling memory.
+instances are written to the cache on pynetdicom's own thread (the sink's ``open_part``), so a
+slow disk slows the peer down instead of filling memory, and no instance waits for the event loop.
 
 - :class:`CGet` asks for a study, series or instance in one association. The storage contexts
   it offers (with the SCP role) are, within the 128-context limit: the SOP classes the search
@@ -24,9 +24,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import trio
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     ExplicitVRBigEndian,
@@ -49,7 +48,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from trolleyfs.backends.base import InstanceSink, store_bytes
+from trolleyfs.backends.base import InstanceSink
 from trolleyfs.backends.dimse import DimsePeer, failure, status_category
 from trolleyfs.errors import PacsError, TrolleyError
 from trolleyfs.model import InstanceReference, Reference, SeriesReference
@@ -161,15 +160,21 @@ class _Receiver:
 
     sink: InstanceSink
     expected: Reference
-    token: trio.lowlevel.TrioToken = field(default_factory=trio.lowlevel.current_trio_token)
     received: int = 0
     error: BaseException | None = None
 
     def store(self, event: Event) -> int:
+        """On pynetdicom's thread: write the instance into the sink from this very thread (no
+        round trip through the event loop per instance)."""
+        part = None
         try:
             data = event.encoded_dataset(include_meta=True)
-            trio.from_thread.run(store_bytes, self.sink, self.expected, data, trio_token=self.token)
-        except BaseException as exc:  # the peer gets a failure status; the error is raised later
+            part = self.sink.open_part(self.expected, len(data))
+            part.write(memoryview(data))
+            part.end()
+        except BaseException as exc:
+            if part is not None:
+                part.abort()  # the peer gets a failure status; the error is raised later
             log.warning("storing a received instance failed: %s", exc)
             self.error = self.error or exc
             return _STATUS_OUT_OF_RESOURCES
