@@ -102,7 +102,8 @@ class Config(BaseModel):
     move_port: int = Field(default=11112, ge=1, le=65535)
     """Port of that storage SCP."""
     max_associations: int = Field(default=4, ge=1)
-    """DIMSE associations open at once (each runs in its own thread)."""
+    """DIMSE associations open at once (each runs in its own thread); background work
+    (read-ahead) never takes the last quarter (at least one), which stay free for readers."""
     dimse_idle_time: float = Field(default=3.0, ge=0)
     """Seconds a C-FIND association is kept open for the next search after its last one; then it
     is released (A-RELEASE). Keep it below the PACS's own idle timeout (Orthanc: 5 s)."""

@@ -2,7 +2,7 @@
 turning identifiers into keyword records.
 
 pynetdicom is blocking and threaded. Each operation runs on an association inside
-``trio.to_thread`` under a per-peer limiter. If the trio side is cancelled, the association is
+``trio.to_thread`` under per-peer slots (background work never takes the last quarter). If the trio side is cancelled, the association is
 aborted so its thread ends soon. C-FIND associations are kept for ``idle_time`` seconds and
 reused, since browsing asks one search per directory; then they are released (A-RELEASE) by a
 reaper thread, not left to time out and be aborted. pynetdicom reports a timeout or an
@@ -28,6 +28,7 @@ from pynetdicom.status import code_to_category
 
 from trolleyfs.config import DimseNode
 from trolleyfs.errors import PacsError, PacsRefused
+from trolleyfs.priority import Slots, reserved_for_readers
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ class DimsePeer:
         self.acse_timeout = acse_timeout
         self.dimse_timeout = dimse_timeout
         self.network_timeout = network_timeout
-        self.limiter = trio.CapacityLimiter(max_associations)
+        self.slots = Slots(max_associations, reserved_for_readers(max_associations))
+        """Associations at once; background work (read-ahead) never takes the last quarter."""
         self._idle = _IdleAssociations(idle_time)
 
     def __str__(self) -> str:
@@ -111,7 +113,8 @@ class DimsePeer:
                         association.release()
 
         try:
-            return await trio.to_thread.run_sync(in_thread, limiter=self.limiter, abandon_on_cancel=True)
+            async with self.slots.slot():
+                return await trio.to_thread.run_sync(in_thread, abandon_on_cancel=True)
         except trio.Cancelled:
             cancelled.set()
             if (association := current.get("association")) is not None:
