@@ -10,12 +10,17 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
 from trolleyfs.testing.orthanc import Orthanc
 
@@ -136,3 +141,37 @@ def qido_instances(base_url: str, study_uid: str, series_uid: str) -> None:
     response = httpx.get(f"{base_url}/studies/{study_uid}/series/{series_uid}/instances",
                          headers={"Accept": "application/dicom+json"}, timeout=120)
     response.raise_for_status()
+
+
+def qido_instances_at_once(base_url: str, study_uid: str, series_uids: list[str]) -> None:
+    """The instance searches of all ``series_uids`` sent together: the floor of listing them in parallel."""
+    threads = [threading.Thread(target=qido_instances, args=(base_url, study_uid, uid)) for uid in series_uids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def pynetdicom_get(orthanc: Orthanc, calling_aet: str, study_uid: str, series_uid: str) -> None:
+    """A bare pynetdicom C-GET of a CT series keeping the bytes in memory and nothing else: the
+    floor of any client built on pynetdicom (its DUL reactor handles one PDU per loop turn)."""
+    ae = AE(ae_title=calling_aet)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    received: list[bytes] = []
+
+    def store(event: Event) -> int:
+        received.append(event.encoded_dataset(include_meta=True))
+        return 0x0000
+
+    association = ae.associate("127.0.0.1", orthanc.dicom_port, ae_title=orthanc.aet,
+                               ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                               evt_handlers=[(evt.EVT_C_STORE, store)])
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES"
+    identifier.StudyInstanceUID, identifier.SeriesInstanceUID = study_uid, series_uid
+    for _ in association.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet):
+        pass
+    association.release()
+    if not received:
+        raise RuntimeError("the bare pynetdicom C-GET received nothing")
