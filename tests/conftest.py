@@ -135,6 +135,8 @@ def backends_for(orthanc: Orthanc) -> dict[str, Backend]:
         "qido+wado-uri": Backend("qido+wado-uri", web, {"downloader": "wado-uri", "wado_uri_url": orthanc.wado_uri_url},
                                  True, True, server=orthanc),
         "cfind+cget": Backend("cfind+cget", dimse, calling, False, server=orthanc),
+        "cfind+cget-dcmtk": Backend("cfind+cget-dcmtk", dimse, {**calling, "downloader": "c-get-dcmtk"}, False,
+                                    server=orthanc),
         "cfind+cmove": Backend("cfind+cmove", dimse, move, False, server=orthanc),
         "qido+cget": Backend("qido+cget", web, {**calling, "downloader": "c-get", "qr_url": dimse}, False, server=orthanc),
         "cfind+wado-rs": Backend("cfind+wado-rs", dimse, {**calling, "downloader": "wado-rs", "wado_rs_url": web}, True,
@@ -147,12 +149,15 @@ def dcmqrscp_backends(dcmqrscp: Dcmqrscp) -> dict[str, Backend]:
     move = {**calling, "downloader": "c-move", "move_port": dcmqrscp.move_port}
     return {
         "dcmqrscp:cfind+cget": Backend("dcmqrscp:cfind+cget", dcmqrscp.url, calling, False, server=dcmqrscp),
+        "dcmqrscp:cfind+cget-dcmtk": Backend("dcmqrscp:cfind+cget-dcmtk", dcmqrscp.url,
+                                             {**calling, "downloader": "c-get-dcmtk"}, False, server=dcmqrscp),
         "dcmqrscp:cfind+cmove": Backend("dcmqrscp:cfind+cmove", dcmqrscp.url, move, False, server=dcmqrscp),
     }
 
 
 BACKEND_NAMES = ["qido+wado-rs", "qido+wado-uri", "cfind+cget", "cfind+cmove", "qido+cget", "cfind+wado-rs"]
-REAL_PACS_BACKENDS = [*BACKEND_NAMES, "dcmqrscp:cfind+cget", "dcmqrscp:cfind+cmove"]
+REAL_PACS_BACKENDS = [*BACKEND_NAMES, "cfind+cget-dcmtk", "dcmqrscp:cfind+cget", "dcmqrscp:cfind+cmove",
+                      "dcmqrscp:cfind+cget-dcmtk"]
 
 
 @pytest.fixture(params=REAL_PACS_BACKENDS)

@@ -12,6 +12,7 @@ import httpx
 
 from trolleyfs.backends.auth import BearerAuth, ClientCredentials, CommandToken, StaticToken
 from trolleyfs.backends.base import Downloader, Searcher
+from trolleyfs.backends.dcmtk_get import DcmtkGet
 from trolleyfs.backends.dicom_qr import DicomQR
 from trolleyfs.backends.dimse import DimsePeer
 from trolleyfs.backends.dimse_retrieve import CGet, CMove, StorageSCP
@@ -120,6 +121,11 @@ class Backends:
             "wado-rs": lambda: WadoRS(self._session(config.resolved_wado_rs_url), config.resolved_wado_rs_url),
             "wado-uri": lambda: WadoURI(self._session(config.wado_uri_url), config.wado_uri_url),
             "c-get": lambda: CGet(self._dimse_peer()),
+            "c-get-dcmtk": lambda: DcmtkGet(
+                config.dimse_node, config.calling_aet, acse_timeout=config.acse_timeout or config.timeout,
+                dimse_timeout=config.dimse_timeout or config.timeout,
+                network_timeout=config.network_timeout or config.timeout, max_associations=config.max_associations,
+            ),
             "c-move": lambda: CMove(self._dimse_peer(), self._storage_scp()),
             "rad69": lambda: Rad69(
                 self._session(config.rad69_url), config.rad69_url, config.rad69_repository_id, config.rad69_batch_size
