@@ -7,7 +7,10 @@ Series (200 x 512x512 CT, ~106 MB):
   - dicomtrolley 4.1 (the peer library) with its WadoRS and WadoURI downloaders;
   - ``rclone mount`` of Orthanc's WebDAV with ``--vfs-cache-mode full`` (the peer filesystem):
     ``find``, cold ``cat`` of every file, warm ``cat``;
-  - trolleyfs with each downloader: ``find``, cold ``cat``, warm ``cat``, ``cat`` after a restart;
+  - trolleyfs with each downloader (c-get-dcmtk too): ``find``, cold ``cat``, warm ``cat``, ``cat``
+    after a restart; for wado-rs also the series listing and ``find`` + cold ``cat`` on a fresh mount;
+  - the floors: a no-op pyfuse3 mount of the same files (cold and warm page cache), a raw QIDO-RS
+    search of the series, a bare pynetdicom C-GET;
   - ``cat`` of the same files from a local directory (page cache warm), the floor for warm reads.
 Study (4 series x 500 small instances):
   - ``ls -lR`` of the study through trolleyfs (with its search count and downloaded bytes) and
@@ -124,6 +127,7 @@ def series_round(env: Orthancs, table: Table, round_number: int) -> None:
         "wado-rs": (orthanc.dicomweb_url, {}),
         "wado-uri": (orthanc.dicomweb_url, {"downloader": "wado-uri", "wado_uri_url": orthanc.wado_uri_url}),
         "c-get": (env.dimse_source, {"calling_aet": CALLING_AET}),
+        "c-get-dcmtk": (env.dimse_source, {"calling_aet": CALLING_AET, "downloader": "c-get-dcmtk"}),
         "c-move": (env.dimse_source, {"calling_aet": CALLING_AET, "downloader": "c-move",
                                       "move_port": orthanc.move_port}),
     }
@@ -240,6 +244,8 @@ def acceptance(series: Table, study: Table, streams: Table) -> dict[str, dict]:
         "ls -lR of the study vs its slowest series search (<= 1.5)": (
             ratio("trolleyfs: ls -lR", "raw QIDO-RS slowest series search", study), 1.5, "<="),
         "C-GET cold cat vs getscu (<= 1.5)": (ratio("trolleyfs c-get: cold cat", "getscu (DCMTK C-GET)"), 1.5, "<="),
+        "C-GET through getscu (c-get-dcmtk) cold cat vs getscu (<= 1.5)": (
+            ratio("trolleyfs c-get-dcmtk: cold cat", "getscu (DCMTK C-GET)"), 1.5, "<="),
         "(floor) bare pynetdicom C-GET vs getscu": (ratio("bare pynetdicom C-GET", "getscu (DCMTK C-GET)"), 1.5, "<="),
         "(floor) the 4 series searches at once vs the slowest alone": (
             ratio("raw QIDO-RS: the 4 series searches at once", "raw QIDO-RS slowest series search", study), 1.5, "<="),
