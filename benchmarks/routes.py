@@ -108,12 +108,17 @@ def rclone_mount(webdav_url: str, work: Path) -> Iterator[Path]:
             time.sleep(0.05)
         yield mountpoint
     finally:
-        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, check=False)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        unmount(mountpoint, process)
+
+
+def unmount(mountpoint: Path, process: subprocess.Popen) -> None:
+    """Unmount a FUSE mount served by ``process`` and wait for it to end (killed after 30 s)."""
+    subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, check=False)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextmanager
@@ -128,12 +133,7 @@ def noop_mount(source: Path, work: Path) -> Iterator[Path]:
             raise RuntimeError("the no-op pyfuse3 mount did not come up")
         yield mountpoint
     finally:
-        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, check=False)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        unmount(mountpoint, process)
 
 
 def qido_instances(base_url: str, study_uid: str, series_uid: str) -> None:

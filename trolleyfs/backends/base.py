@@ -8,7 +8,6 @@ instance or series in memory.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -54,13 +53,6 @@ class InstanceSink(Protocol):
         what ``expected`` names. ``size``, when the answer says it (a Content-Length), lets readers
         open the file and read what has arrived while the rest is still coming."""
         ...
-
-
-async def store(sink: InstanceSink, expected: Reference, chunks: AsyncIterable[bytes]) -> None:
-    """Stream ``chunks`` into ``sink`` as one instance (published if they end normally)."""
-    async with sink.receive(expected) as writer:
-        async for chunk in chunks:
-            await writer.write(chunk)
 
 
 async def store_bytes(sink: InstanceSink, expected: Reference, data: bytes) -> None:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import http.client
 import logging
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 from urllib.parse import quote
 
@@ -44,6 +45,7 @@ _MAX_BACKOFF = 5.0
 _MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 T = TypeVar("T")
+A = TypeVar("A")
 
 
 class BodyConsumer(Protocol):
@@ -189,31 +191,54 @@ class HttpSession:
     async def _send_with_retries_bulk(
         self, method: str, url: str, headers: dict[str, str], content: bytes | None
     ) -> Exchange:
+        async def refused(exchange: Exchange) -> _Refused | None:
+            if exchange.status < 300:
+                return None
+            body = await self._in_thread(exchange, exchange.head_of_body, method, url)
+            exchange.finish()
+            return _Refused(exchange.status, _printable(body), exchange.header("retry-after"))
+
+        return await self._retrying(
+            method, url, lambda: self._send_following_redirects(method, url, headers, content),
+            (ConnectFailed, http.client.RemoteDisconnected), lambda exc: True, refused,
+        )
+
+    async def _retrying(
+        self,
+        method: str,
+        url: str,
+        send: Callable[[], Awaitable[A]],
+        transport_errors: tuple[type[BaseException], ...],
+        retryable: Callable[[BaseException], bool],
+        refused: Callable[[A], Awaitable[_Refused | None]],
+    ) -> A:
+        """The retry policy of both paths: ``send`` once per attempt; one of ``transport_errors``
+        that is ``retryable`` (nothing was read), a 429 and a 5xx are sent again after a backoff;
+        ``refused`` closes an unsuccessful answer and says what it was (None: a success)."""
         for attempt in range(self.retries + 1):
             last_attempt = attempt == self.retries
             try:
-                exchange = await self._send_following_redirects(method, url, headers, content)
-            except (ConnectFailed, http.client.RemoteDisconnected) as exc:
+                answer = await send()
+            except transport_errors as exc:
                 if _untrusted_certificate(exc):
                     raise PacsRefused(
                         f"{method} {loggable(url)}: the server's TLS certificate is not trusted (see ca_bundle=): {exc}"
                     ) from exc
-                if last_attempt:
+                if last_attempt or not retryable(exc):
                     raise PacsError(f"{method} {loggable(url)}: {_describe(exc)}") from exc
                 log.info("%s %s: %s; retrying", method, loggable(url), _describe(exc))
                 await trio.sleep(self._delay(attempt, None))
                 continue
-            if exchange.status < 300:
-                return exchange
-            body = await self._in_thread(exchange, exchange.head_of_body, method, url)
-            exchange.finish()
-            status = exchange.status
-            log.debug("%s %s: HTTP %d: %s", method, loggable(url), status, _printable(body))
-            if status in RETRY_STATUSES and not last_attempt:
-                log.info("%s %s: HTTP %d; retrying", method, loggable(url), status)
-                await trio.sleep(self._delay(attempt, exchange.header("retry-after")))
+            refusal = await refused(answer)
+            if refusal is None:
+                return answer
+            # the body may echo what we asked, patient names included: only DEBUG carries it
+            log.debug("%s %s: HTTP %d: %s", method, loggable(url), refusal.status, refusal.body)
+            if refusal.status in RETRY_STATUSES and not last_attempt:
+                log.info("%s %s: HTTP %d; retrying", method, loggable(url), refusal.status)
+                await trio.sleep(self._delay(attempt, refusal.retry_after))
                 continue
-            raise _refusal(method, url, status)
+            raise _refusal(method, url, refusal.status)
         raise AssertionError("unreachable: the loop returns or raises")
 
     async def _send_following_redirects(
@@ -297,32 +322,18 @@ class HttpSession:
         self, method: str, url: str, headers: dict[str, str], content: bytes | None
     ) -> httpx.Response:
         request = self._client.build_request(method, url, headers=headers, content=content)
-        for attempt in range(self.retries + 1):
-            last_attempt = attempt == self.retries
-            try:
-                response = await self._send_on_live_connection(request)
-            except httpx.TransportError as exc:
-                if _untrusted_certificate(exc):
-                    raise PacsRefused(
-                        f"{method} {loggable(url)}: the server's TLS certificate is not trusted (see ca_bundle=): {exc}"
-                    ) from exc
-                if last_attempt or not _retryable_transport_error(exc):
-                    raise PacsError(f"{method} {loggable(url)}: {_describe(exc)}") from exc
-                log.info("%s %s: %s; retrying", method, loggable(url), _describe(exc))
-                await trio.sleep(self._delay(attempt, None))
-                continue
+
+        async def refused(response: httpx.Response) -> _Refused | None:
             if response.status_code < 300:
-                return response
+                return None
             body = await _short_body(response)
             await response.aclose()
-            # the body may echo what we asked, patient names included: only DEBUG carries it
-            log.debug("%s %s: HTTP %d: %s", method, loggable(url), response.status_code, body)
-            if response.status_code in RETRY_STATUSES and not last_attempt:
-                log.info("%s %s: HTTP %d; retrying", method, loggable(url), response.status_code)
-                await trio.sleep(self._delay(attempt, response.headers.get("Retry-After")))
-                continue
-            raise _refusal(method, url, response.status_code)
-        raise AssertionError("unreachable: the loop returns or raises")
+            return _Refused(response.status_code, body, response.headers.get("Retry-After"))
+
+        return await self._retrying(
+            method, url, lambda: self._send_on_live_connection(request), (httpx.TransportError,),
+            _retryable_transport_error, refused,
+        )
 
     async def _send_on_live_connection(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``; when the server had closed the kept-alive connection it went out on
@@ -414,7 +425,16 @@ def _printable(body: bytes) -> str:
     return body.decode("utf-8", "replace").strip()[:200]
 
 
-def _retryable_transport_error(exc: httpx.TransportError) -> bool:
+@dataclass(frozen=True)
+class _Refused:
+    """An unsuccessful answer, already closed: its status, the start of its body, Retry-After."""
+
+    status: int
+    body: str
+    retry_after: str | None
+
+
+def _retryable_transport_error(exc: BaseException) -> bool:
     # A connect failure or a connection dropped before any answer: nothing was read, safe to repeat.
     return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError))
 
@@ -441,4 +461,4 @@ async def _short_body(response: httpx.Response) -> str:
             head = await anext(response.aiter_raw(512), b"")
     except (httpx.HTTPError, httpx.StreamError):
         return ""
-    return head.decode("utf-8", "replace").strip()[:200]
+    return _printable(head)
