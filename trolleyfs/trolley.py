@@ -230,6 +230,8 @@ class Trolley:
         if (arriving := self.cache.open_arrival(uid)) is not None:
             fd, arrival = arriving
             assert arrival.size is not None
+            if hit and arrival.arrived >= arrival.size:  # all on disk, only its publication pending
+                self.stats["cache_hits"] += 1
             return Opened(fd, arrival.size, arrival=arrival, just_written=True)
         return None
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
+import threading
 
 import trio
+from pydicom import dcmread
 from trio.testing import wait_all_tasks_blocked
 
 from tests.unit.helpers import all_files, filesystem_over, read_all
 from trolleyfs.cache import InstanceCache, LAYOUT_VERSION
 from trolleyfs.errors import PacsError
-from trolleyfs.model import SeriesReference
+from trolleyfs.model import InstanceReference, SeriesReference
 from trolleyfs.priority import Slots, background
+from trolleyfs.testing.data import generate
 from trolleyfs.trolley import Trolley
 
 
@@ -161,3 +165,52 @@ async def test_read_aheads_together_stay_within_half_the_cache(tmp_path):
         downloader.go.set()
         await trolley.settled()
     assert downloader.started == ["1.2.1", "1.2.2"]
+
+
+class LastStepHeldDownloader:
+    """Sends one instance whole, then holds the step that publishes it (the rename and the
+    event loop's indexing) until the test lets it go."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.fetches = 0
+        self.publish = threading.Event()
+
+    async def fetch(self, reference, sink) -> None:  # noqa: ANN001
+        self.fetches += 1
+
+        def send() -> None:
+            part = sink.open_part(reference, len(self.data))
+            part.write(memoryview(self.data))
+            self.publish.wait()
+            part.end()
+
+        await trio.to_thread.run_sync(send)
+
+
+async def test_a_file_wholly_received_but_not_yet_published_opens_as_a_cache_hit(tmp_path):
+    """A second open while the first download's last step is still under way needs no download:
+    it is a hit (the status tool's hit ratio said 0% for a file read twice)."""
+    data = next(generate())
+    header = dcmread(io.BytesIO(data), stop_before_pixels=True)
+    reference = InstanceReference(
+        study_uid=header.StudyInstanceUID, series_uid=header.SeriesInstanceUID, instance_uid=header.SOPInstanceUID)
+    downloader = LastStepHeldDownloader(data)
+    cache = await InstanceCache.open(tmp_path / "cache", max_bytes=10**9)
+    trolley = Trolley(None, downloader, cache)  # type: ignore[arg-type]
+    async with trolley.background_work():
+        try:
+            with trio.fail_after(10):
+                first = await trolley.open_instance(reference)
+                assert first.arrival is not None
+                await first.arrival.wait_for(len(data))
+                assert os.pread(first.fd, len(data) + 1, 0) == data
+                cache.close_for_reading(reference.instance_uid, first.fd)
+                second = await trolley.open_instance(reference)
+                assert trolley.stats["cache_hits"] == 1
+        finally:
+            downloader.publish.set()
+        await trolley.settled()
+        cache.close_for_reading(reference.instance_uid, second.fd)
+    assert downloader.fetches == 1
+    assert trolley.stats["cache_hits"] == 1
