@@ -18,10 +18,10 @@ async def test_files_getscu_writes_while_the_folder_is_being_read_are_all_delive
     (before the fix, the newest file at that moment was lost with the temporary folder)."""
     looked = dcmtk_get._store_finished
 
-    def slow_first_look(output, sink, reference, ended):  # noqa: ANN001, ANN202
-        if not ended:
+    def slow_first_look(output, sink, reference, writer_pid):  # noqa: ANN001, ANN202
+        if writer_pid is not None:
             time.sleep(1.5)  # in the worker thread: getscu ends meanwhile
-        return looked(output, sink, reference, ended)
+        return looked(output, sink, reference, writer_pid)
 
     monkeypatch.setattr(dcmtk_get, "_store_finished", slow_first_look)
     first = orthanc_instances[0]

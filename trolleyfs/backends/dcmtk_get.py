@@ -5,10 +5,12 @@ is done with the bytes (its DUL reactor handles one PDU per loop turn: docs/perf
 ``downloader=c-get-dcmtk`` each fetch runs Debian's ``getscu`` (package ``dcmtk``) with the same
 AE titles, timeouts and retrieve keys as ``c-get``, receiving bit-preserving (``+B``: the dataset
 bytes as the peer sent them) into a private temporary folder. While it runs, the folder is looked
-at every ``_POLL`` seconds and each file getscu has finished (every one but the one it writes
-now, the newest) goes into the sink from a worker thread, identified and admitted like any other
-download, so that readers get a series' first files before its last have come; at its end the
-rest follows and the folder is removed. getscu proposes DCMTK's list of storage classes with the uncompressed transfer
+at every ``_POLL`` seconds and each file getscu has finished — one it no longer holds open, as
+``/proc/<pid>/fd`` tells (file times are too coarse to tell the one it writes now: two files
+written within a clock tick have the same mtime) — goes into the sink from a worker thread,
+identified and admitted like any other download, so that readers get a series' first files
+before its last have come; when it ends well the rest follows, and the folder is removed (after a
+failure only the files seen finished were kept: the last one may be cut off). getscu proposes DCMTK's list of storage classes with the uncompressed transfer
 syntaxes, so a server storing compressed images transcodes them, as it would for ``c-get``'s
 defaults. Cancelling a fetch kills getscu. ``TCP_NODELAY=1`` is set for it: Debian's DCMTK
 leaves Nagle on otherwise and each sub-operation stalls ~45 ms.
@@ -88,8 +90,10 @@ class DcmtkGet:
                             with trio.move_on_after(_POLL):
                                 await process.wait()
                             if process.returncode is None:
-                                received += await trio.to_thread.run_sync(_store_finished, output, sink, reference, False)
-                        received += await trio.to_thread.run_sync(_store_finished, output, sink, reference, True)
+                                received += await trio.to_thread.run_sync(
+                                    _store_finished, output, sink, reference, process.pid)
+                        if process.returncode == 0:
+                            received += await trio.to_thread.run_sync(_store_finished, output, sink, reference, None)
                     finally:
                         if process.returncode is None:  # cancelled: getscu must not outlive the fetch
                             process.kill()
@@ -104,13 +108,38 @@ class DcmtkGet:
             raise PacsError(f"C-GET from {self}: nothing was received")
 
 
-def _store_finished(output: Path, sink: InstanceSink, reference: Reference, ended: bool) -> int:
-    """In a worker thread: put the files getscu has finished into the sink (all of them once it
-    has ``ended``; else all but the newest, which it may be writing) and delete them."""
-    files = list(output.iterdir())
-    if not ended and files:
-        files.remove(max(files, key=lambda path: path.stat().st_mtime_ns))
+def _store_finished(output: Path, sink: InstanceSink, reference: Reference, writer_pid: int | None) -> int:
+    """In a worker thread: put the files getscu has finished into the sink and delete them: those
+    process ``writer_pid`` does not hold open, or all of them (``None``: it ended well)."""
+    files = list(output.iterdir())  # listed before looking at what is open: a file listed was created
+    if writer_pid is not None and files:
+        held = _files_held_open(writer_pid)
+        if held is None:
+            return 0  # it has just ended: how well, its exit status tells
+        files = [path for path in files if _file_id(path) not in held]
     return _store_all(sorted(files), sink, reference)
+
+
+def _files_held_open(pid: int) -> set[tuple[int, int]] | None:
+    """(device, inode) of every file process ``pid`` has open now; None once it has gone."""
+    descriptors = Path(f"/proc/{pid}/fd")
+    try:
+        entries = list(descriptors.iterdir())
+    except FileNotFoundError:
+        return None
+    held = set()
+    for entry in entries:
+        try:
+            found = entry.stat()  # follows the descriptor to the file it is open on
+        except OSError:
+            continue  # closed since it was listed
+        held.add((found.st_dev, found.st_ino))
+    return held
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    found = path.stat()
+    return found.st_dev, found.st_ino
 
 
 def _store_all(files: list[Path], sink: InstanceSink, reference: Reference) -> int:
