@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,13 +61,14 @@ _HEAD_BYTES = 64 * 1024
 """Bytes of a file kept in memory while it is received, to identify it from its header."""
 _FIRST_LOOK = 4 * 1024
 """Bytes of a file after which its header is read a first time (most headers are shorter)."""
+CHECKSUM_DIGITS = 16
 _MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
 _LAST_IDENTIFYING_TAG = 0x0020000E
 """SeriesInstanceUID: the header is read up to it (StudyInstanceUID comes just before)."""
 
 
 @functools.lru_cache(maxsize=65536)
-def _key(uid: str) -> str:
+def entry_key(uid: str) -> str:
     return hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -189,25 +190,25 @@ class InstanceCache:
 
     def __contains__(self, uid: str) -> bool:
         """Whether ``uid`` is cached, without marking it used (``get`` does that)."""
-        return _key(uid) in self._index
+        return entry_key(uid) in self._index
 
     def peek(self, uid: str) -> CachedFile | None:
         """The published file of ``uid``, or None, without marking it used."""
-        return self._index.get(_key(uid))
+        return self._index.get(entry_key(uid))
 
     def get(self, uid: str) -> CachedFile | None:
         """The published file of ``uid`` (marking it most recently used), or None."""
-        key = _key(uid)
+        key = entry_key(uid)
         entry = self._index.get(key)
         if entry is not None:
             self._mark_used(key, entry)
         return entry
 
-    def open_for_reading(self, uid: str) -> tuple[int, CachedFile] | None:
+    async def open_for_reading(self, uid: str) -> tuple[int, CachedFile] | None:
         """A read-only descriptor on the published file of ``uid``, pinned and marked used until
         ``close_for_reading``; None when it is not cached (or was deleted behind the cache's back,
         which the cache then forgets)."""
-        key = _key(uid)
+        key = entry_key(uid)
         entry = self._index.get(key)
         if entry is None:
             return None
@@ -223,7 +224,7 @@ class InstanceCache:
     def open_arrival(self, uid: str) -> tuple[int, Arrival] | None:
         """A read-only descriptor on a file of known size still being received, pinned like
         ``open_for_reading``'s; None if there is none."""
-        key = _key(uid)
+        key = entry_key(uid)
         arrival = self._arriving.get(key)
         if arrival is None or arrival.size is None:
             return None
@@ -240,11 +241,28 @@ class InstanceCache:
 
     def arriving(self, uid: str) -> bool:
         """Whether a download of ``uid`` is writing it now."""
-        return _key(uid) in self._arriving
+        return entry_key(uid) in self._arriving
+
+    async def missing(self, uids: Iterable[str]) -> list[str]:
+        """Those of ``uids`` neither cached nor arriving."""
+        return [uid for uid in uids if uid not in self and not self.arriving(uid)]
+
+    @asynccontextmanager
+    async def fetching(self, uid: str) -> AsyncIterator[bool]:
+        """Around a download of ``uid``: whether it is still needed. (Opens in this process share
+        one download already; a shared cache also waits here for another host fetching it.)"""
+        yield True
+
+    @asynccontextmanager
+    async def exclusive(self, name: str, on_wait: Callable[[], None]) -> AsyncIterator[None]:
+        """Around work (a series read-ahead) that one holder at a time should do. A private cache
+        has no one else to wait for; a shared one waits for other hosts, calling ``on_wait`` now
+        and then meanwhile (their files may be arriving)."""
+        yield
 
     def close_for_reading(self, uid: str, fd: int) -> None:
         os.close(fd)
-        self._unpin(_key(uid))
+        self._unpin(entry_key(uid))
 
     def _unpin(self, key: str) -> None:
         self._pins[key] -= 1
@@ -257,7 +275,7 @@ class InstanceCache:
     def wanted(self, uid: str) -> Iterator[None]:
         """Pin ``uid`` for the block, cached or not yet: a file published while a reader waits for
         it is not evicted before that reader opens it."""
-        key = _key(uid)
+        key = entry_key(uid)
         self._pins[key] += 1
         try:
             yield
@@ -291,7 +309,7 @@ class InstanceCache:
     def just_written(self, uid: str) -> bool:
         """Whether this process published ``uid`` moments ago, so that reading it costs no disk
         access (its pages are still in the page cache) and need not leave the event loop."""
-        written = self._written.get(_key(uid))
+        written = self._written.get(entry_key(uid))
         return written is not None and time.monotonic() - written < _JUST_WRITTEN
 
     def _remove(self, key: str) -> CachedFile:
@@ -303,7 +321,13 @@ class InstanceCache:
 
     def new_writer(self) -> Writer:
         """A writer for one download; hand it to ``publish`` or ``discard`` when it is complete."""
-        return Writer(self._tmp / f"{uuid.uuid4().hex}.part")
+        return Writer(self._tmp / self._part_name(), checksummed=self._checksummed)
+
+    _checksummed = False
+    """Whether writers compute a checksum of what they write (for names that record it)."""
+
+    def _part_name(self) -> str:
+        return f"{uuid.uuid4().hex}.part"
 
     async def publish(self, writer: Writer, expected: Reference | None = None) -> CachedFile:
         """Identify a complete download by its SOPInstanceUID and publish it atomically; with
@@ -329,9 +353,9 @@ class InstanceCache:
     def claim(self, identity: Identity, arrival: Arrival) -> bool:
         """From the receiving thread: take ``identity`` for ``arrival``, unless it is cached or
         arriving already. It does not wait for the event loop, which is told soon after."""
-        key = _key(identity.uid)
+        key = entry_key(identity.uid)
         with self._claims:
-            taken = key in self._index or key in self._arriving
+            taken = key in self._index or key in self._arriving or not self._take_elsewhere(key)
             if not taken:
                 self._arriving[key] = arrival
         if taken:
@@ -340,11 +364,20 @@ class InstanceCache:
         _soon(arrival.token, self.on_arrived, identity.uid)
         return True
 
+    def _take_elsewhere(self, key: str) -> bool:
+        """Under ``_claims``: whether no other process writes or has published ``key`` (a
+        private cache has no other process); True takes it until ``_release_elsewhere``."""
+        return True
+
+    def _release_elsewhere(self, key: str) -> None:
+        """A claimed ``key`` was published or abandoned."""
+
     def abandon(self, arrival: Arrival, reason: str) -> None:
         """On the event loop: the transfer of ``arrival`` failed; its readers get EIO."""
         with self._claims:
-            if self._arriving.get(_key(arrival.uid)) is arrival:
-                del self._arriving[_key(arrival.uid)]
+            if self._arriving.get(entry_key(arrival.uid)) is arrival:
+                del self._arriving[entry_key(arrival.uid)]
+                self._release_elsewhere(entry_key(arrival.uid))
         arrival.failed = reason or "transfer failed"
         arrival.wake()
         self.on_arrived(arrival.uid)
@@ -353,11 +386,12 @@ class InstanceCache:
         """On the event loop: a received file was renamed into place; index it, then tell its
         readers (eviction, if the bound is passed, follows in the background)."""
         self._index_now(arrival.uid, entry, arrival)
+        self._release_elsewhere(entry_key(arrival.uid))
         arrival.complete = True
         arrival.wake()
         self.on_published(arrival.uid, entry.size)
         self.on_arrived(arrival.uid)
-        if self.total_bytes > self.max_bytes or free < self.min_free_space:
+        if self._needs_eviction(free):
             self._evict_soon(free)
 
     async def discard(self, writer: Writer) -> None:
@@ -382,25 +416,31 @@ class InstanceCache:
         writer.close()
         identity = writer.identity(complete=True, expected=expected)
         assert identity is not None
-        final = self.final_path(identity.uid, writer.size)
+        final = self.final_path(identity.uid, writer)
         os.replace(writer.path, final)
-        return identity.uid, final, _free_bytes(self.root)
+        return identity.uid, final, free_bytes(self.root)
 
-    def final_path(self, uid: str, size: int) -> Path:
-        """Where ``uid`` of ``size`` bytes is published (its fan-out directory made)."""
-        key = _key(uid)
-        final = self._objects / key[:2] / f"{key}.{size}.dcm"
+    def final_path(self, uid: str, writer: Writer) -> Path:
+        """Where ``uid``, written by ``writer``, is published (its fan-out directory made)."""
+        key = entry_key(uid)
+        final = self._objects / key[:2] / self._entry_name(key, writer)
         if key[:2] not in self._fan_out:
             final.parent.mkdir(mode=0o700, exist_ok=True)
             self._fan_out.add(key[:2])
         return final
+
+    def _entry_name(self, key: str, writer: Writer) -> str:
+        return f"{key}.{writer.size}.dcm"
+
+    def _needs_eviction(self, free: int) -> bool:
+        return self.total_bytes > self.max_bytes or free < self.min_free_space
 
     async def _index_published(self, uid: str, entry: CachedFile, free: int) -> None:
         self._index_now(uid, entry)
         await self._evict(free)
 
     def _index_now(self, uid: str, entry: CachedFile, arrival: Arrival | None = None) -> None:
-        key = _key(uid)
+        key = entry_key(uid)
         with self._claims:  # no claim sees it neither arriving nor indexed
             if arrival is not None and self._arriving.get(key) is arrival:
                 del self._arriving[key]
@@ -413,8 +453,8 @@ class InstanceCache:
 
     async def _evict(self, free: int | None = None) -> None:
         if free is None:
-            free = await trio.to_thread.run_sync(_free_bytes, self.root, limiter=_disk_limiter)
-        if self.total_bytes <= self.max_bytes and free >= self.min_free_space:
+            free = await trio.to_thread.run_sync(free_bytes, self.root, limiter=_disk_limiter)
+        if not self._needs_eviction(free):
             return  # the common case, answered without walking the index
         victims: list[CachedFile] = []
         for key in list(self._index):
@@ -440,9 +480,10 @@ class Writer:
     (DIMSE) are batched so that few of them cross to a thread; ``write_now`` writes at once from
     the thread that receives the bytes. The file is created by the first bytes that reach it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, checksummed: bool = False) -> None:
         self.path = path
         self.size = 0
+        self._digest = hashlib.blake2b(digest_size=32) if checksummed else None
         self.uid = ""
         """The SOPInstanceUID, set once the file is published."""
         self.head = bytearray()
@@ -484,6 +525,14 @@ class Writer:
                 raise CacheFull(f"no space left for the cache in {self.path.parent}") from exc
             raise CacheError(f"cannot write cache file {self.path}: {exc}") from exc
         self.size += len(data)
+        if self._digest is not None:
+            self._digest.update(data)
+
+    @property
+    def checksum(self) -> str:
+        """The first 16 hex digits of the BLAKE2b-256 of what was written (when checksummed)."""
+        assert self._digest is not None
+        return self._digest.hexdigest()[:CHECKSUM_DIGITS]
 
     def identity(self, complete: bool, expected: Reference | None = None) -> Identity | None:
         """Who the file is, from its header, and UnrequestedInstance unless ``expected`` (if
@@ -597,10 +646,10 @@ class StreamedPart:
             if self._size is not None and self._size != writer.size:
                 # which of the two is right is unknown: nothing is cached, its readers get EIO
                 raise PacsProtocolError(f"the PACS announced {self._size} bytes of an instance and sent {writer.size}")
-            final = self._cache.final_path(arrival.uid, writer.size)
+            final = self._cache.final_path(arrival.uid, writer)
             arrival.final_path = final
             os.replace(writer.path, final)
-            free = _free_bytes(self._cache.root)
+            free = free_bytes(self._cache.root)
         except BaseException:
             self.abort()
             raise
@@ -693,7 +742,7 @@ def identity_of(file: BinaryIO, complete: bool) -> Identity | None:
     return Identity(uid, study_uid, series_uid)
 
 
-def _free_bytes(path: Path) -> int:
+def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from trolleyfs.cache import LAYOUT_VERSION
+from trolleyfs.shared_cache import LAYOUT_VERSION as SHARED_LAYOUT_VERSION
 from trolleyfs.errors import ConfigError
 
 _CHUNK = 1024 * 1024
@@ -94,26 +95,28 @@ def _files(path: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def cache_lock(cache_dir: Path) -> Iterator[None]:
-    """Held by a daemon for as long as it uses ``cache_dir``, so no two use one cache at once and
-    ``cache clear`` never pulls files from under a mount."""
+def cache_lock(cache_dir: Path, shared: bool = False) -> Iterator[None]:
+    """Held by a daemon for as long as it uses ``cache_dir``, so no two use one private cache at
+    once and ``cache clear`` never pulls files from under a mount; daemons of a shared cache
+    (``shared``) hold it together."""
     cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(cache_dir / LOCK_NAME, "a") as lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ConfigError(f"cache directory {cache_dir} is in use by a running trolleyfs") from None
         yield
 
 
 def cache_info(cache_dir: Path) -> str:
-    files = list((cache_dir / LAYOUT_VERSION / "objects").glob("*/*.dcm"))
+    files = [*(cache_dir / LAYOUT_VERSION / "objects").glob("*/*.dcm"),
+             *(cache_dir / SHARED_LAYOUT_VERSION).glob("*/objects/*/*.dcm")]
     size = sum(file.stat().st_size for file in files)
     return f"cache directory  {cache_dir}\nfiles            {len(files)}\nsize             {_human(size)}"
 
 
 def cache_clear(cache_dir: Path) -> str:
-    objects = cache_dir / LAYOUT_VERSION
     with cache_lock(cache_dir):
-        shutil.rmtree(objects, ignore_errors=True)
+        for layout in (LAYOUT_VERSION, SHARED_LAYOUT_VERSION):
+            shutil.rmtree(cache_dir / layout, ignore_errors=True)
     return f"cleared {cache_dir}"

@@ -166,8 +166,16 @@ class Config(BaseModel):
     cache_dir: Path | None = None
     """Directory of the instance cache; default `/var/cache/trolleyfs/<source hash>` as root,
     else `$XDG_CACHE_HOME/trolleyfs/<source hash>`. Created with mode 0700."""
+    cache_mode: Literal["private", "shared"] = "private"
+    """`private`: the cache directory belongs to this daemon alone. `shared`: daemons on many hosts
+    use one `cache_dir` at once (on NFSv4 without `nolock`, CephFS, Lustre, GlusterFS), each
+    instance fetched from the PACS once for all of them; see docs/cluster.md."""
+    cache_namespace: str = ""
+    """With `cache_mode=shared`: the name under which this source's entries are kept in the shared
+    directory; empty means a hash of `source` (set it when hosts reach one PACS by two names)."""
     cache_size: Size = 2 * 1024**3
-    """Upper bound of the bytes the instance cache holds, e.g. `2G`."""
+    """Upper bound of the bytes the instance cache holds, e.g. `2G` (with `cache_mode=shared`, the
+    shared directory as a whole)."""
     min_free_space: Size = 1024**3
     """Free space the cache leaves on its filesystem; it evicts to keep it."""
     listing_ttl: float = Field(default=60.0, ge=0)

@@ -48,7 +48,7 @@ async def serve(config: Config, mountpoint: Path, on_ready: Callable[[], None] =
     if not mountpoint.is_dir():
         raise ConfigError(f"mount point {mountpoint} is not a directory")
     async with AsyncExitStack() as stack:
-        stack.enter_context(cache_lock(config.resolved_cache_dir))
+        stack.enter_context(cache_lock(config.resolved_cache_dir, shared=config.cache_mode == "shared"))
         filesystem = await stack.enter_async_context(open_filesystem(config))
         await _probe(filesystem.trolley.searcher, config)
         operations = FuseOperations(filesystem, uid=config.uid, gid=config.gid, umask=config.umask)

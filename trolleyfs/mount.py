@@ -4,14 +4,16 @@ the filesystem core over them)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from trolleyfs.backends.registry import Backends
 from trolleyfs.cache import InstanceCache
+from trolleyfs.cache_interface import Cache
 from trolleyfs.config import Config
 from trolleyfs.fs.core import FileSystem
 from trolleyfs.fs.settings import FsSettings, Naming
+from trolleyfs.shared_cache import SharedCache, namespace_of
 from trolleyfs.trolley import Trolley
 
 
@@ -33,12 +35,30 @@ def fs_settings(config: Config) -> FsSettings:
     )
 
 
+def _private_cache(config: Config) -> Awaitable[Cache]:
+    return InstanceCache.open(config.resolved_cache_dir, config.cache_size, config.min_free_space)
+
+
+def _shared_cache(config: Config) -> Awaitable[Cache]:
+    return SharedCache.open_shared(
+        config.resolved_cache_dir, config.cache_namespace or namespace_of(config.source),
+        config.cache_size, config.min_free_space,
+        timeout=config.timeout, wait_bound=search_deadline(config),
+    )
+
+
+CACHE_MODES: dict[str, Callable[[Config], Awaitable[Cache]]] = {
+    "private": _private_cache,
+    "shared": _shared_cache,
+}
+
+
 @asynccontextmanager
 async def open_filesystem(config: Config) -> AsyncIterator[FileSystem]:
     """The filesystem core of ``config``'s mount, its background work running while the block lasts."""
     async with AsyncExitStack() as stack:
         backends = Backends(config, stack)
-        cache = await InstanceCache.open(config.resolved_cache_dir, config.cache_size, config.min_free_space)
+        cache = await CACHE_MODES[config.cache_mode](config)
         trolley = Trolley(
             backends.searcher,
             backends.downloader,

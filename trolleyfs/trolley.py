@@ -32,7 +32,8 @@ import cachetools
 import trio
 
 from trolleyfs.backends.base import Downloader, InstanceWriter, PartWriter, Searcher
-from trolleyfs.cache import Arrival, InstanceCache, Writer
+from trolleyfs.cache import Arrival, Writer
+from trolleyfs.cache_interface import Cache
 from trolleyfs.errors import (
     CacheFull, NeedsInstances, PacsError, PacsProtocolError, TrolleyError, UnrequestedInstance, first_error,
 )
@@ -87,7 +88,7 @@ class Trolley:
         self,
         searcher: Searcher,
         downloader: Downloader,
-        cache: InstanceCache,
+        cache: Cache,
         *,
         listing_ttl: float = 60.0,
         search_deadline: float = 120.0,
@@ -202,7 +203,7 @@ class Trolley:
             flight: _Flight | None = None
             own = False  # whether this open started the download it waits for
             while True:
-                opened = self._open_now(uid, hit=flight is None)
+                opened = await self._open_now(uid, hit=flight is None)
                 if opened is not None:
                     return opened
                 if self._read_aheads.get(reference.series_uid) is None and not self.cache.arriving(uid):
@@ -221,8 +222,8 @@ class Trolley:
                         self._nursery.start_soon(self._run_single, reference, flight)
                 await self._waiters.setdefault(uid, trio.Event()).wait()
 
-    def _open_now(self, uid: str, hit: bool) -> Opened | None:
-        if (published := self.cache.open_for_reading(uid)) is not None:
+    async def _open_now(self, uid: str, hit: bool) -> Opened | None:
+        if (published := await self.cache.open_for_reading(uid)) is not None:
             fd, entry = published
             if hit:
                 self.stats["cache_hits"] += 1
@@ -246,15 +247,18 @@ class Trolley:
             self._wake_all()
 
     async def _download_instance(self, reference: InstanceReference) -> None:
-        async with self._download_limiter:
-            try:
-                await self._fetch(reference)
-            except CacheFull:
-                # The disk filled up under the cache (other files, or bounds set too high): make
-                # room by dropping everything not open, and try once more before giving up.
-                log.warning("cache disk full: evicting every file not open and retrying")
-                await self.cache.clear()
-                await self._fetch(reference)
+        async with self.cache.fetching(reference.instance_uid) as needed:
+            if not needed:
+                return  # another host has published it meanwhile (a shared cache)
+            async with self._download_limiter:
+                try:
+                    await self._fetch(reference)
+                except CacheFull:
+                    # The disk filled up under the cache (other files, or bounds set too high): make
+                    # room by dropping everything not open, and try once more before giving up.
+                    log.warning("cache disk full: evicting every file not open and retrying")
+                    await self.cache.clear()
+                    await self._fetch(reference)
 
     @property
     def downloads_in_flight(self) -> int:
@@ -293,7 +297,11 @@ class Trolley:
         self.stats["read_aheads"] += 1
         try:
             with background():
-                await self.download(series)
+                # with a shared cache another host may be reading it ahead: its files are
+                # looked for meanwhile, and only what it left out is fetched after it
+                async with self.cache.exclusive(f"series {series.series_uid}", on_wait=self._wake_all):
+                    if not series.listed_uids or await self.cache.missing(series.listed_uids):
+                        await self.download(series)
         except Exception as exc:  # a read-ahead is an optimisation: its failure must not end the mount
             log.info("read-ahead of series %s failed: %s", series.series_uid, exc)
         finally:
@@ -343,9 +351,8 @@ class Trolley:
         )
         for study in await self.find_studies(query):
             for series in study.series:
-                instances = [
-                    i.reference for i in series.instances if i.uid not in self.cache and not self.cache.arriving(i.uid)
-                ]
+                wanted = set(await self.cache.missing(i.uid for i in series.instances))
+                instances = [i.reference for i in series.instances if i.uid in wanted]
                 if not instances:
                     continue
                 named = SeriesReference(
@@ -362,9 +369,8 @@ class Trolley:
                                 nursery.start_soon(self._download_unless_cached, instance)
 
     async def _download_unless_cached(self, reference: InstanceReference) -> None:
-        async with self._download_limiter:
-            if reference.instance_uid not in self.cache and not self.cache.arriving(reference.instance_uid):
-                await self._fetch(reference)
+        if await self.cache.missing([reference.instance_uid]):
+            await self._download_instance(reference)
 
     async def _fetch(self, reference: Reference) -> None:
         """Run the downloader; instances it delivers are published while it goes on streaming."""

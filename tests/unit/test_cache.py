@@ -73,7 +73,7 @@ async def test_least_recently_used_unpinned_entries_are_evicted_first(tmp_path):
     cache = await InstanceCache.open(tmp_path / "c", max_bytes=3 * SIZE + 10)
     for data in FILES[:3]:
         await put(cache, data)
-    fd, _ = cache.open_for_reading(uid(FILES[0]))
+    fd, _ = await cache.open_for_reading(uid(FILES[0]))
     cache.get(uid(FILES[1]))  # now FILES[2] is the least recently used unpinned entry
     await put(cache, FILES[3])
     assert cache.get(uid(FILES[2])) is None
@@ -120,7 +120,7 @@ async def test_eviction_keeps_the_minimum_free_space(tmp_path):
     assert len(cache) == 0  # nothing can be kept while the disk is "too full"
     cache.min_free_space = 0
     await put(cache, FILES[3])
-    fd, _ = cache.open_for_reading(uid(FILES[3]))
+    fd, _ = await cache.open_for_reading(uid(FILES[3]))
     cache.min_free_space = free + 10**12
     await put(cache, FILES[4])
     assert cache.get(uid(FILES[3])) is not None  # pinned (open) entries stay regardless
@@ -132,5 +132,5 @@ async def test_a_file_deleted_behind_the_caches_back_is_forgotten_not_served(tmp
     cache = await InstanceCache.open(tmp_path / "c", max_bytes=10**9)
     await put(cache, FILES[0])
     cache.get(uid(FILES[0])).path.unlink()
-    assert cache.open_for_reading(uid(FILES[0])) is None
+    assert await cache.open_for_reading(uid(FILES[0])) is None
     assert len(cache) == 0 and cache.total_bytes == 0

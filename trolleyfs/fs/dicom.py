@@ -264,7 +264,7 @@ class InstanceFile(File):
         attributes = {"SOPInstanceUID": self.uid, **self.instance.attributes}
         cache = self.mount.trolley.cache
         if self._header is None:
-            opened = cache.open_for_reading(self.uid) or cache.open_arrival(self.uid)  # pinned meanwhile
+            opened = await cache.open_for_reading(self.uid) or cache.open_arrival(self.uid)  # pinned meanwhile
             if opened is not None:
                 fd, entry = opened
                 try:

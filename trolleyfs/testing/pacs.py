@@ -133,6 +133,8 @@ class EmbeddedPacs(DicomWebEndpoints):
     def __init__(self, files: Iterable[bytes] = (), tls: ssl.SSLContext | None = None) -> None:
         self.instances: dict[str, StoredInstance] = {}
         self.counts: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()
+        """Instances sent whole or in part by WADO-RS and WADO-URI, by SOPInstanceUID."""
         self.faults = Faults()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -179,6 +181,10 @@ class EmbeddedPacs(DicomWebEndpoints):
     def _counted(self, kind: str) -> None:
         with self._lock:
             self.counts[kind] += 1
+
+    def _sending(self, instances: Iterable[StoredInstance]) -> None:
+        with self._lock:
+            self.sent.update(instance.value("SOPInstanceUID") for instance in instances)
 
     def start(self) -> EmbeddedPacs:
         handler = type("Handler", (_Handler,), {"pacs": self})
@@ -410,6 +416,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "no such study, series or instance")
         if corruption == "omit-first" and len(instances) > 1:  # one it "cannot send in that syntax"
             instances = instances[1:]
+        self.pacs._sending(instances)
         parts = [("Content-Type: application/dicom", self._corrupted(instance, corruption)) for instance in instances]
         if corruption == "forge" and len(instances) > 1:  # plant another instance's UID, other bytes
             outsider = next(i for i in self.pacs.instances.values() if i not in instances)
@@ -462,6 +469,7 @@ class _Handler(BaseHTTPRequestHandler):
         instance = self.pacs.instances.get(params.get("objectUID", ""))
         if instance is None or instance.value("SeriesInstanceUID") != params.get("seriesUID"):
             return self._error(404, "no such instance")
+        self.pacs._sending([instance])
         data = self._corrupted(instance, corruption)
         if corruption in ("truncate", "kill"):
             self.send_response(200)
