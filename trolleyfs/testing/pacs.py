@@ -104,6 +104,8 @@ class Faults:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     released: threading.Event = field(default_factory=threading.Event)
     """Set to let hanging requests go (they also give up after 120 s)."""
+    stalled: threading.Event = field(default_factory=threading.Event)
+    """Set when a "stall" answer has sent its half part and goes silent."""
 
     def add(
         self, kind: str, action: str, *, status: int = 503, count: int | None = None, retry_after: int | None = None
@@ -446,6 +448,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(data[: len(data) // 2])
                 if corruption == "stall":  # half a part, then silence until released
                     self.wfile.flush()
+                    self.pacs.faults.stalled.set()
                     self.pacs.faults.released.wait(120)
                 if corruption == "kill":  # the server dies: the connection is reset, not closed
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
