@@ -370,7 +370,7 @@ class InstanceCache:
         return True
 
     def _release_elsewhere(self, key: str) -> None:
-        """A claimed ``key`` was published or abandoned."""
+        """A claimed ``key`` was renamed into place or abandoned (any thread)."""
 
     def abandon(self, arrival: Arrival, reason: str) -> None:
         """On the event loop: the transfer of ``arrival`` failed; its readers get EIO."""
@@ -386,7 +386,6 @@ class InstanceCache:
         """On the event loop: a received file was renamed into place; index it, then tell its
         readers (eviction, if the bound is passed, follows in the background)."""
         self._index_now(arrival.uid, entry, arrival)
-        self._release_elsewhere(entry_key(arrival.uid))
         arrival.complete = True
         arrival.wake()
         self.on_published(arrival.uid, entry.size)
@@ -483,7 +482,7 @@ class Writer:
     def __init__(self, path: Path, checksummed: bool = False) -> None:
         self.path = path
         self.size = 0
-        self._digest = hashlib.blake2b(digest_size=32) if checksummed else None
+        self._digest = hashlib.sha256() if checksummed else None
         self.uid = ""
         """The SOPInstanceUID, set once the file is published."""
         self.head = bytearray()
@@ -530,7 +529,7 @@ class Writer:
 
     @property
     def checksum(self) -> str:
-        """The first 16 hex digits of the BLAKE2b-256 of what was written (when checksummed)."""
+        """The first 16 hex digits of the SHA-256 of what was written (when checksummed)."""
         assert self._digest is not None
         return self._digest.hexdigest()[:CHECKSUM_DIGITS]
 
@@ -653,6 +652,7 @@ class StreamedPart:
         except BaseException:
             self.abort()
             raise
+        self._cache._release_elsewhere(entry_key(arrival.uid))  # on disk: other hosts may read it now
         entry = CachedFile(final, writer.size)
         writer.uid = arrival.uid
         _soon(self._token, self._cache.publish_arrival, arrival, entry, free)

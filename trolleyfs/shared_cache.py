@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LAYOUT_VERSION = "shared-v1"
-_POLL_FIRST = 0.01
-_POLL_MOST = 0.1
+_POLL_FIRST = 0.005
+_POLL_MOST = 0.05
 """Seconds between two looks at a lock another host holds (doubling from the first)."""
 _SCAN_INTERVAL = 60.0
 """Seconds after which a host that published files counts the shared total again."""
@@ -106,6 +106,7 @@ class SharedCache(InstanceCache):
         self._verified: set[str] = set()
         """Keys whose entry this process wrote or checked against its name."""
         self._janitor_running = False
+        self._janitor_again = False
         self._scanned_at = -math.inf
         self._published_since_scan = 0
 
@@ -177,6 +178,10 @@ class SharedCache(InstanceCache):
                 return _Found(key, CachedFile(self._objects / key[:2] / name, parsed[1]), parsed[2])
         return None
 
+    def _find_entry(self, key: str) -> CachedFile | None:
+        found = self._find(key)
+        return None if found is None else found.entry
+
     def _entry_lock(self, key: str) -> Path:
         directory = self._lock_dir / key[:2]
         if key[:2] not in self._lock_fan_out:
@@ -223,6 +228,8 @@ class SharedCache(InstanceCache):
         while it is open), checked against its name the first time; None when there is none to
         serve (not published, being fetched by someone, or damaged); _BUSY when it is published
         but someone holds it exclusively for a moment."""
+        if (hint is None or not os.path.exists(hint.path)) and (hint := self._find_entry(key)) is None:
+            return None  # not published: no lock taken (it would turn away the fetch of it)
         lock = self._entry_lock(key)
         if not self._locks.try_lock(lock, exclusive=False):
             return _BUSY if self._find(key) is not None else None
@@ -268,7 +275,7 @@ class SharedCache(InstanceCache):
             raise
 
     def _intact(self, fd: int, item: _Found) -> bool:
-        digest = hashlib.blake2b(digest_size=32)
+        digest = hashlib.sha256()
         size = 0
         while chunk := os.read(fd, 1024 * 1024):
             digest.update(chunk)
@@ -306,10 +313,17 @@ class SharedCache(InstanceCache):
 
     async def missing(self, uids: Iterable[str]) -> list[str]:
         unknown = [uid for uid in uids if not self.arriving(uid)]
-        return await self._disk(self._missing_now, unknown) if unknown else []
+        found = await self._disk(self._look_up_all, unknown) if unknown else {}
+        for key, entry in found.items():
+            self._index.setdefault(key, entry)  # known now: listings show exact sizes, opens skip read-ahead
+        return [uid for uid in unknown if entry_key(uid) not in found]
 
-    def _missing_now(self, uids: list[str]) -> list[str]:
-        return [uid for uid in uids if self._find(entry_key(uid)) is None]
+    def _look_up_all(self, uids: list[str]) -> dict[str, CachedFile]:
+        found = {}
+        for uid in uids:
+            if (entry := self._find_entry(entry_key(uid))) is not None:
+                found[entry_key(uid)] = entry
+        return found
 
     # --- fetching: one host at a time ----------------------------------------------------------
 
@@ -378,14 +392,20 @@ class SharedCache(InstanceCache):
 
     async def _evict(self, free: int | None = None, target: int | None = None) -> None:
         if self._janitor_running:
+            self._janitor_again = True  # what was open when it looked may be closed now
             return
         self._janitor_running = True
         try:
-            pinned = frozenset(self._pins)
-            bound = self.max_bytes if target is None else target
-            result = await trio.to_thread.run_sync(self._janitor, bound, pinned, limiter=_disk_limiter)
+            self._janitor_again = True
+            while self._janitor_again:
+                self._janitor_again = False
+                await self._run_janitor(self.max_bytes if target is None else target)
         finally:
             self._janitor_running = False
+
+    async def _run_janitor(self, bound: int) -> None:
+        pinned = frozenset(self._pins)
+        result = await trio.to_thread.run_sync(self._janitor, bound, pinned, limiter=_disk_limiter)
         if result is None:
             return  # another host is the janitor now
         total, evicted = result
