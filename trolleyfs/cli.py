@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -102,6 +103,11 @@ def _outside_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_name(config: Config) -> str:
+    """The log file of a daemon mounted in the background: one per host in a shared cache."""
+    return "trolleyfs.log" if config.cache_mode == "private" else f"trolleyfs.{socket.gethostname()}.log"
+
+
 def _mount(config: Config, args: argparse.Namespace) -> int:
     mountpoint = args.mountpoint.resolve()
     if args.foreground:
@@ -110,7 +116,7 @@ def _mount(config: Config, args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "trolleyfs", "mount", args.source, str(mountpoint), "-f",
                *(f"-o{text}" for text in args.options)]
     try:
-        mount_in_background(command, config.resolved_cache_dir / "trolleyfs.log", mountpoint, config.start_timeout)
+        mount_in_background(command, config.resolved_cache_dir / _log_name(config), mountpoint, config.start_timeout)
     except TrolleyError as exc:
         print(f"trolleyfs: {exc}", file=sys.stderr)
         return 1

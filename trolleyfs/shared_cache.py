@@ -55,6 +55,8 @@ _disk_limiter = trio.CapacityLimiter(4)
 _LOST = (errno.ENOENT, errno.ESTALE)
 _caches_made = itertools.count()
 _BUSY = object()
+_READ, _FETCH = 0, 1
+"""The bytes of an entry's lock file: readers share the first, a fetch holds the second."""
 
 
 def namespace_of(source: str) -> str:
@@ -106,7 +108,8 @@ class SharedCache(InstanceCache):
         self._verified: set[str] = set()
         """Keys whose entry this process wrote or checked against its name."""
         self._janitor_running = False
-        self._janitor_again = False
+        self._janitor_bound: int | None = None
+        """The bound the next janitor run evicts to; None when none is asked for."""
         self._scanned_at = -math.inf
         self._published_since_scan = 0
 
@@ -285,12 +288,7 @@ class SharedCache(InstanceCache):
 
     def _delete_damaged(self, key: str, item: _Found) -> None:
         log.warning("a shared cache entry does not match its recorded size and checksum; fetching it again")
-        lock = self._entry_lock(key)
-        if self._locks.try_lock(lock, exclusive=True, alone=True):
-            try:
-                item.entry.path.unlink(missing_ok=True)
-            finally:
-                self._locks.release(lock, exclusive=True)
+        self._delete_unheld(item)
 
     def _undo_open(self, opened: tuple[int, _Found] | None | object) -> None:
         if isinstance(opened, tuple):
@@ -331,14 +329,14 @@ class SharedCache(InstanceCache):
     async def fetching(self, uid: str) -> AsyncIterator[bool]:
         key = entry_key(uid)
         lock = self._entry_lock(key)
-        await self._wait_for(lock, on_wait=None, what="fetching this instance")
+        await self._wait_for(lock, on_wait=None, what="fetching this instance", byte=_FETCH)
         try:
             found = await self._disk(self._find, key)
             if found is not None and key not in self._index:
                 self._index[key] = found.entry
             yield found is None
         finally:
-            self._locks.release(lock, exclusive=True)
+            self._locks.release(lock, exclusive=True, byte=_FETCH)
 
     @asynccontextmanager
     async def exclusive(self, name: str, on_wait: Callable[[], None]) -> AsyncIterator[None]:
@@ -350,11 +348,19 @@ class SharedCache(InstanceCache):
         finally:
             self._locks.release(lock, exclusive=True)
 
-    async def _wait_for(self, lock: Path, on_wait: Callable[[], None] | None, what: str) -> None:
+    async def _wait_for(self, lock: Path, on_wait: Callable[[], None] | None, what: str, byte: int = 0) -> None:
         """Take ``lock`` exclusively, looking again and again while another host holds it."""
         deadline = trio.current_time() + self.wait_bound
         delay = _POLL_FIRST
-        while not await self._disk(self._locks.try_lock, lock, True, undo=lambda got: got and self._locks.release(lock, True)):
+
+        def take() -> bool:
+            return self._locks.try_lock(lock, True, byte=byte)
+
+        def undo(got: bool) -> None:
+            if got:
+                self._locks.release(lock, True, byte=byte)
+
+        while not await self._disk(take, undo=undo):
             if trio.current_time() > deadline:
                 raise PacsError(f"another host has been {what} for more than {self.wait_bound:g}s")
             if on_wait is not None:
@@ -364,15 +370,15 @@ class SharedCache(InstanceCache):
 
     def _take_elsewhere(self, key: str) -> bool:
         lock = self._entry_lock(key)
-        if not self._locks.try_lock(lock, exclusive=True):
+        if not self._locks.try_lock(lock, exclusive=True, byte=_FETCH):
             return False  # another host is fetching it
         if self._find(key) is not None:
-            self._locks.release(lock, exclusive=True)
+            self._locks.release(lock, exclusive=True, byte=_FETCH)
             return False  # another host has published it
         return True
 
     def _release_elsewhere(self, key: str) -> None:
-        self._locks.release(self._entry_lock(key), exclusive=True)
+        self._locks.release(self._entry_lock(key), exclusive=True, byte=_FETCH)
 
     def _index_now(self, uid: str, entry: CachedFile, arrival: Arrival | None = None) -> None:
         super()._index_now(uid, entry, arrival)
@@ -391,15 +397,15 @@ class SharedCache(InstanceCache):
             self._evict_soon(free)  # a janitor's walk never holds up a download
 
     async def _evict(self, free: int | None = None, target: int | None = None) -> None:
+        bound = self.max_bytes if target is None else target
+        self._janitor_bound = bound if self._janitor_bound is None else min(self._janitor_bound, bound)
         if self._janitor_running:
-            self._janitor_again = True  # what was open when it looked may be closed now
-            return
+            return  # it runs once more: what was open when it looked may be closed now
         self._janitor_running = True
         try:
-            self._janitor_again = True
-            while self._janitor_again:
-                self._janitor_again = False
-                await self._run_janitor(self.max_bytes if target is None else target)
+            while self._janitor_bound is not None:
+                bound, self._janitor_bound = self._janitor_bound, None
+                await self._run_janitor(bound)
         finally:
             self._janitor_running = False
 
@@ -437,7 +443,7 @@ class SharedCache(InstanceCache):
             for _, item in entries:
                 if total <= bound and free >= self.min_free_space:
                     break
-                if item.key in pinned or not self._evict_entry(item):
+                if item.key in pinned or not self._delete_unheld(item):
                     continue
                 total -= item.entry.size
                 free += item.entry.size
@@ -449,14 +455,21 @@ class SharedCache(InstanceCache):
         finally:
             self._locks.release(janitor, exclusive=True)
 
-    def _evict_entry(self, item: _Found) -> bool:
+    def _delete_unheld(self, item: _Found) -> bool:
+        """Delete an entry and its lock file unless someone reads or fetches it (both bytes of
+        its lock taken exclusively, neither held by this daemon)."""
         lock = self._entry_lock(item.key)
-        if not self._locks.try_lock(lock, exclusive=True, alone=True):
-            return False  # open somewhere, or being fetched
+        if not self._locks.try_lock(lock, exclusive=True, alone=True, byte=_READ):
+            return False  # open somewhere
         try:
-            item.entry.path.unlink(missing_ok=True)
+            if not self._locks.try_lock(lock, exclusive=True, alone=True, byte=_FETCH):
+                return False  # being fetched again
+            try:
+                item.entry.path.unlink(missing_ok=True)
+            finally:
+                self._locks.release(lock, exclusive=True, delete=True, byte=_FETCH)
         finally:
-            self._locks.release(lock, exclusive=True, delete=True)
+            self._locks.release(lock, exclusive=True, byte=_READ)
         return True
 
     def _reap_parts(self) -> None:
