@@ -22,6 +22,7 @@ it locked, and starts again on the new file if not.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import struct
@@ -114,9 +115,11 @@ def _locked_fd(path: Path, exclusive: bool, byte: int) -> int | None:
                 return None
             mine = os.fstat(fd)
             now = os.stat(path)
-        except FileNotFoundError:
+        except OSError as exc:
             os.close(fd)
-            continue  # deleted under us by its last holder: lock the new one
+            if exc.errno in (errno.ENOENT, errno.ESTALE):
+                continue  # deleted under us by its last holder: lock the new one
+            raise
         except BaseException:
             os.close(fd)
             raise

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import itertools
 import logging
 import math
 import os
 import socket
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,7 +53,6 @@ _SCAN_INTERVAL = 60.0
 _TOUCH_INTERVAL = 60.0
 _disk_limiter = trio.CapacityLimiter(4)
 _LOST = (errno.ENOENT, errno.ESTALE)
-_caches_made = itertools.count()
 _BUSY = object()
 _READ, _FETCH = 0, 1
 """The bytes of an entry's lock file: readers share the first, a fetch holds the second."""
@@ -101,11 +100,14 @@ class SharedCache(InstanceCache):
         """Bound on one call to the shared filesystem."""
         self.wait_bound = wait_bound
         """Bound on waiting for another host that holds a fetch or read-ahead."""
-        self._owner = f"{socket.gethostname().replace('.', '_')}.{os.getpid()}-{next(_caches_made)}"
-        """Who writes this cache's temporary files: host, process and (for tests) which cache."""
+        self._owner = f"{socket.gethostname().replace('.', '_')}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        """Who writes this cache's temporary files: host, process, and a random part (a container
+        restarted with its host name and process number is another owner)."""
         self._lock_fan_out: set[str] = set()
         self._locks = RecordLocks()
         self._verified: set[str] = set()
+        self._damaged: set[str] = set()
+        """Names of damaged entries that could not be deleted (another host had them open)."""
         """Keys whose entry this process wrote or checked against its name."""
         self._janitor_running = False
         self._janitor_bound: int | None = None
@@ -145,12 +147,14 @@ class SharedCache(InstanceCache):
         try:
             with trio.fail_after(self.timeout):
                 return await trio.to_thread.run_sync(run, limiter=_disk_limiter, abandon_on_cancel=True)
-        except trio.TooSlowError:
+        except BaseException as exc:  # timed out or cancelled: what the thread did (or will do) is undone
             with mutex:
                 state["abandoned"] = True
                 if "result" in state and undo is not None:
                     undo(state["result"])  # type: ignore[arg-type]
-            raise CacheError(f"the shared cache directory {self.root} did not answer within {self.timeout:g}s") from None
+            if isinstance(exc, trio.TooSlowError):
+                raise CacheError(f"the shared cache directory {self.root} did not answer within {self.timeout:g}s") from None
+            raise
 
     def _prepare_and_list(self) -> list[_Found]:
         try:
@@ -288,7 +292,8 @@ class SharedCache(InstanceCache):
 
     def _delete_damaged(self, key: str, item: _Found) -> None:
         log.warning("a shared cache entry does not match its recorded size and checksum; fetching it again")
-        self._delete_unheld(item)
+        if not self._delete_unheld(item):
+            self._damaged.add(item.entry.path.name)
 
     def _undo_open(self, opened: tuple[int, _Found] | None | object) -> None:
         if isinstance(opened, tuple):
@@ -319,7 +324,7 @@ class SharedCache(InstanceCache):
     def _look_up_all(self, uids: list[str]) -> dict[str, CachedFile]:
         found = {}
         for uid in uids:
-            if (entry := self._find_entry(entry_key(uid))) is not None:
+            if (entry := self._find_entry(entry_key(uid))) is not None and entry.path.name not in self._damaged:
                 found[entry_key(uid)] = entry
         return found
 
@@ -332,6 +337,8 @@ class SharedCache(InstanceCache):
         await self._wait_for(lock, on_wait=None, what="fetching this instance", byte=_FETCH)
         try:
             found = await self._disk(self._find, key)
+            if found is not None and found.entry.path.name in self._damaged:
+                found = None  # damaged, and open elsewhere so not deleted: replaced by the fetch
             if found is not None and key not in self._index:
                 self._index[key] = found.entry
             yield found is None
@@ -372,7 +379,12 @@ class SharedCache(InstanceCache):
         lock = self._entry_lock(key)
         if not self._locks.try_lock(lock, exclusive=True, byte=_FETCH):
             return False  # another host is fetching it
-        if self._find(key) is not None:
+        try:
+            published = self._find(key) is not None
+        except BaseException:
+            self._locks.release(lock, exclusive=True, byte=_FETCH)
+            raise
+        if published:
             self._locks.release(lock, exclusive=True, byte=_FETCH)
             return False  # another host has published it
         return True
@@ -383,6 +395,7 @@ class SharedCache(InstanceCache):
     def _index_now(self, uid: str, entry: CachedFile, arrival: Arrival | None = None) -> None:
         super()._index_now(uid, entry, arrival)
         self._verified.add(entry_key(uid))
+        self._damaged.discard(entry.path.name)
         self._published_since_scan += entry.size
 
     # --- eviction: one janitor at a time -------------------------------------------------------

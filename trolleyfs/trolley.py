@@ -202,16 +202,21 @@ class Trolley:
         with self.cache.wanted(uid):
             flight: _Flight | None = None
             own = False  # whether this open started the download it waits for
+            again = False  # whether a download that left nothing to open was tried once more
             while True:
                 opened = await self._open_now(uid, hit=flight is None)
                 if opened is not None:
                     return opened
                 if self._read_aheads.get(reference.series_uid) is None and not self.cache.arriving(uid):
                     if flight is not None and flight.ended:
-                        if own or not flight.error:
-                            raise _again(flight.error) if flight.error else PacsProtocolError(
-                                f"the download of {uid} left nothing in the cache")
-                        flight = None  # joined one already failing: try once on our own
+                        if flight.error is not None and own:
+                            raise _again(flight.error)
+                        if flight.error is None and again:
+                            raise PacsProtocolError(f"the download of {uid} left nothing in the cache")
+                        # joined one already failing, or the file went between its download and
+                        # this open (another host's janitor): try once on our own
+                        again = again or flight.error is None
+                        flight = None
                     flight = self._singles.get(uid) if flight is None else flight
                     if flight is None:
                         own = True
@@ -247,10 +252,15 @@ class Trolley:
             self._wake_all()
 
     async def _download_instance(self, reference: InstanceReference) -> None:
-        async with self.cache.fetching(reference.instance_uid) as needed:
-            if not needed:
-                return  # another host has published it meanwhile (a shared cache)
-            async with self._download_limiter:
+        """Download one instance unless it was cached, or began arriving, while this waited for a
+        download slot, or (a shared cache) another host has published it meanwhile."""
+        uid = reference.instance_uid
+        async with self._download_limiter:
+            if not await self.cache.missing([uid]):
+                return
+            async with self.cache.fetching(uid) as needed:
+                if not needed:
+                    return
                 try:
                     await self._fetch(reference)
                 except CacheFull:
@@ -366,11 +376,7 @@ class Trolley:
                     with first_error():
                         async with trio.open_nursery() as nursery:
                             for instance in instances:
-                                nursery.start_soon(self._download_unless_cached, instance)
-
-    async def _download_unless_cached(self, reference: InstanceReference) -> None:
-        if await self.cache.missing([reference.instance_uid]):
-            await self._download_instance(reference)
+                                nursery.start_soon(self._download_instance, instance)
 
     async def _fetch(self, reference: Reference) -> None:
         """Run the downloader; instances it delivers are published while it goes on streaming."""

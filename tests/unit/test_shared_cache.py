@@ -3,15 +3,20 @@ exclude each other as two processes do: their locks are per open file, not per p
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.unit.helpers import all_files, filesystem_over, read_all
-from tests.unit.test_cache import FILES, put, uid
+from tests.unit.test_cache import FILES, put, reference, uid
+from trolleyfs.cache import Arrival, Identity, InstanceCache
 from trolleyfs.shared_cache import SharedCache
+from trolleyfs.trolley import Trolley
 
 SHARED = {"cache_mode": "shared", "listing_ttl": 600}
 
@@ -154,3 +159,77 @@ async def test_two_sources_in_one_directory_do_not_mix(tmp_path):
     await put(first, FILES[0])
     assert await second.open_for_reading(uid(FILES[0])) is None
     assert await second.missing([uid(FILES[0])]) == [uid(FILES[0])]
+
+
+class _OneFile:
+    """A downloader that sends FILES[0] for whatever it is asked, counting the requests."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def fetch(self, reference, sink) -> None:  # noqa: ANN001
+        self.requests += 1
+        async with sink.receive(reference) as writer:
+            await writer.write(FILES[0])
+
+
+async def test_a_fetch_cancelled_while_it_takes_the_lock_leaves_the_lock_free(tmp_path):
+    first = await SharedCache.open_shared(tmp_path, "ns", 10**9)
+    second = await SharedCache.open_shared(tmp_path, "ns", 10**9, wait_bound=1.0)
+    taking = first._locks.try_lock
+
+    def slow_try_lock(*args, **options):  # a shared filesystem that takes its time
+        time.sleep(0.2)
+        return taking(*args, **options)
+
+    first._locks.try_lock = slow_try_lock  # type: ignore[method-assign]
+    with trio.move_on_after(0.05):  # e.g. a sibling download failed and its nursery is cancelled
+        async with first.fetching(uid(FILES[0])):
+            pass
+    await trio.to_thread.run_sync(time.sleep, 0.3)  # the thread has finished
+    async with second.fetching(uid(FILES[0])) as needed:
+        assert needed
+
+
+async def test_a_failing_look_inside_a_claim_leaves_the_lock_free(tmp_path):
+    first = await SharedCache.open_shared(tmp_path, "ns", 10**9)
+    second = await SharedCache.open_shared(tmp_path, "ns", 10**9, wait_bound=1.0)
+
+    def failing_find(key: str) -> None:
+        raise OSError(errno.EIO, "Input/output error")  # one hiccup of a soft NFS mount
+
+    first._find = failing_find  # type: ignore[method-assign]
+    arrival = Arrival("1.2.3", 10, tmp_path / "x.part", trio.lowlevel.current_trio_token())
+    with pytest.raises(OSError):
+        await trio.to_thread.run_sync(first.claim, Identity("1.2.3", "", ""), arrival)
+    async with second.fetching("1.2.3") as needed:
+        assert needed
+
+
+async def test_a_damaged_entry_another_daemon_has_open_is_fetched_again_not_an_error(tmp_path):
+    first = await SharedCache.open_shared(tmp_path, "ns", 10**9)
+    second = await SharedCache.open_shared(tmp_path, "ns", 10**9, wait_bound=5)
+    await put(first, FILES[0])
+    fd, entry = await first.open_for_reading(uid(FILES[0]))  # held open: it cannot be deleted
+    damaged = bytearray(entry.path.read_bytes())
+    damaged[-1] ^= 0xFF
+    entry.path.write_bytes(bytes(damaged))
+    downloader = _OneFile()
+    trolley = Trolley(None, downloader, second)  # type: ignore[arg-type]
+    opened = await trolley.open_instance(reference(FILES[0]))
+    try:
+        assert os.pread(opened.fd, len(FILES[0]) + 1, 0) == FILES[0]
+    finally:
+        second.close_for_reading(uid(FILES[0]), opened.fd)
+        first.close_for_reading(uid(FILES[0]), fd)
+    assert downloader.requests == 1
+
+
+async def test_a_queued_download_of_an_instance_cached_meanwhile_asks_nothing(tmp_path):
+    cache = await InstanceCache.open(tmp_path, 10**9)
+    downloader = _OneFile()
+    trolley = Trolley(None, downloader, cache, parallel_downloads=1)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):  # the second waits for the slot, then finds it cached
+            nursery.start_soon(trolley._download_instance, reference(FILES[0]))
+    assert downloader.requests == 1
