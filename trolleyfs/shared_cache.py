@@ -9,13 +9,13 @@ instance from the PACS once. It follows the protocol written down in docs/shared
     shared-v1/<namespace>/janitor.lock                             who evicts
     shared-v1/<namespace>/usage/<host>.<pid>-<n>                   locked while that daemon lives
 
-A fetch holds its entry's lock exclusively, readers hold it shared while a file is open, and the
-janitor deletes only what it can lock exclusively; all locks are POSIX record locks
+A fetch holds its entry lock's fetch byte exclusively, readers share its read byte while a file
+is open, and the janitor deletes only what it can take both bytes of; the locks are record locks
 (:mod:`trolleyfs.record_locks`), which the kernel drops with a dead process, so another host
 takes over its fetch. The in-memory index is only a hint: every open finds the entry by its name,
-and an entry gone since (evicted by another host) is fetched again. Every filesystem call on the
-shared directory runs in a thread, bounded by ``timeout``: a shared filesystem that stops
-answering gives EIO, not a hung mount.
+and an entry gone since (evicted by another host) is fetched again. Lookups, opens, locks and
+waits on the shared directory run in a thread, bounded by ``timeout``: a shared filesystem that
+stops answering gives EIO, not a hung mount.
 """
 
 from __future__ import annotations
