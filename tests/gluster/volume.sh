@@ -43,9 +43,16 @@ VOL
         sleep 0.25
     done
     cli volume create "$VOLUME" "$HOST:$STATE/brick" force
+    # what one client publishes must show at once in the other's lookups and listings: no client
+    # caching of entries, listings or attributes (docs/cluster.md)
+    for option in performance.readdir-ahead performance.stat-prefetch performance.nl-cache \
+            performance.quick-read performance.io-cache performance.open-behind; do
+        cli volume set "$VOLUME" "$option" off >/dev/null
+    done
     cli volume start "$VOLUME"
     for mnt in "$MNT1" "$MNT2"; do
-        mount -t glusterfs -o "log-file=$STATE/log/client-$(basename "$mnt").log" "$HOST:/$VOLUME" "$mnt"
+        mount -t glusterfs -o "log-file=$STATE/log/client-$(basename "$mnt").log,attribute-timeout=0,entry-timeout=0,negative-timeout=0" \
+            "$HOST:/$VOLUME" "$mnt"
         tries=0
         until grep -q " $mnt fuse.glusterfs " /proc/mounts && ls "$mnt" >/dev/null 2>&1; do
             tries=$((tries + 1)); [ $tries -lt 120 ] || { echo "volume.sh: $mnt not usable" >&2; exit 1; }
