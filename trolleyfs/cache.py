@@ -52,8 +52,8 @@ T = TypeVar("T")
 
 LAYOUT_VERSION = "v1"
 _WRITE_BUFFER = 1024 * 1024
-_disk_limiter = trio.CapacityLimiter(4)
-_TOUCH_INTERVAL = 60.0
+disk_limiter = trio.CapacityLimiter(4)
+TOUCH_INTERVAL = 60.0
 """Seconds between two refreshes of a file's modification time (its LRU rank after a restart)."""
 _JUST_WRITTEN = 60.0
 """Seconds after publishing during which a file is taken to be in the page cache still."""
@@ -157,7 +157,7 @@ class InstanceCache:
     @classmethod
     async def open(cls, root: Path, max_bytes: int, min_free_space: int = 0) -> InstanceCache:
         cache = cls(root, max_bytes, min_free_space)
-        entries = await trio.to_thread.run_sync(cache._prepare_and_scan, limiter=_disk_limiter)
+        entries = await trio.to_thread.run_sync(cache._prepare_and_scan, limiter=disk_limiter)
         for key, entry in entries:
             cache._index[key] = entry
             cache.total_bytes += entry.size
@@ -299,7 +299,7 @@ class InstanceCache:
     def _mark_used(self, key: str, entry: CachedFile) -> None:
         self._index.move_to_end(key)
         now = time.monotonic()
-        if now - self._touched.get(key, -_TOUCH_INTERVAL) >= _TOUCH_INTERVAL:
+        if now - self._touched.get(key, -TOUCH_INTERVAL) >= TOUCH_INTERVAL:
             self._touched[key] = now
             try:
                 os.utime(entry.path)
@@ -335,7 +335,7 @@ class InstanceCache:
         download is discarded."""
         try:
             uid, final, free = await trio.to_thread.run_sync(
-                self._finish, writer, expected, limiter=_disk_limiter
+                self._finish, writer, expected, limiter=disk_limiter
             )
         except BaseException:
             await self.discard(writer)
@@ -395,7 +395,7 @@ class InstanceCache:
 
     async def discard(self, writer: Writer) -> None:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(writer.discard, limiter=_disk_limiter)
+            await trio.to_thread.run_sync(writer.discard, limiter=disk_limiter)
 
     @asynccontextmanager
     async def receive(self, expected: Reference | None = None) -> AsyncIterator[Writer]:
@@ -452,7 +452,7 @@ class InstanceCache:
 
     async def _evict(self, free: int | None = None) -> None:
         if free is None:
-            free = await trio.to_thread.run_sync(free_bytes, self.root, limiter=_disk_limiter)
+            free = await trio.to_thread.run_sync(free_bytes, self.root, limiter=disk_limiter)
         if not self._needs_eviction(free):
             return  # the common case, answered without walking the index
         victims: list[CachedFile] = []
@@ -466,12 +466,12 @@ class InstanceCache:
             victims.append(entry)
         if victims:
             log.debug("evicting %d cache files", len(victims))
-            await trio.to_thread.run_sync(_unlink_all, victims, limiter=_disk_limiter)
+            await trio.to_thread.run_sync(_unlink_all, victims, limiter=disk_limiter)
 
     async def clear(self) -> None:
         """Forget and delete every unpinned entry."""
         victims = [self._remove(key) for key in list(self._index) if not self._pins.get(key)]
-        await trio.to_thread.run_sync(_unlink_all, victims, limiter=_disk_limiter)
+        await trio.to_thread.run_sync(_unlink_all, victims, limiter=disk_limiter)
 
 
 class Writer:
@@ -496,7 +496,7 @@ class Writer:
         self._pending.append(chunk)
         self._pending_size += len(chunk)
         if self._pending_size >= _WRITE_BUFFER:
-            await trio.to_thread.run_sync(self.write_pending, limiter=_disk_limiter)
+            await trio.to_thread.run_sync(self.write_pending, limiter=disk_limiter)
 
     def write_pending(self) -> None:
         chunks, self._pending, self._pending_size = self._pending, [], 0

@@ -37,7 +37,9 @@ from urllib.parse import urlsplit
 
 import trio
 
-from trolleyfs.cache import CHECKSUM_DIGITS, Arrival, CachedFile, InstanceCache, Writer, entry_key, free_bytes
+from trolleyfs.cache import (
+    CHECKSUM_DIGITS, TOUCH_INTERVAL, Arrival, CachedFile, InstanceCache, Writer, disk_limiter, entry_key, free_bytes,
+)
 from trolleyfs.errors import CacheError, PacsError
 from trolleyfs.record_locks import RecordLocks
 
@@ -50,8 +52,6 @@ _POLL_MOST = 0.05
 """Seconds between two looks at a lock another host holds (doubling from the first)."""
 _SCAN_INTERVAL = 60.0
 """Seconds after which a host that published files counts the shared total again."""
-_TOUCH_INTERVAL = 60.0
-_disk_limiter = trio.CapacityLimiter(4)
 _LOST = (errno.ENOENT, errno.ESTALE)
 _BUSY = object()
 _READ, _FETCH = 0, 1
@@ -64,6 +64,23 @@ def namespace_of(source: str) -> str:
     parts = urlsplit(source.strip())
     normal = f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}" if parts.scheme else source.strip()
     return hashlib.sha256(normal.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+class _Patience:
+    """Looking again at what another host holds: after 5 ms, doubling up to 50 ms, for at most
+    ``bound`` seconds in all."""
+
+    def __init__(self, bound: float, what: str) -> None:
+        self._deadline = trio.current_time() + bound
+        self._bound = bound
+        self._what = what
+        self._delay = _POLL_FIRST
+
+    async def wait(self) -> None:
+        if trio.current_time() > self._deadline:
+            raise PacsError(f"another host has been {self._what} for more than {self._bound:g}s")
+        await trio.sleep(self._delay)
+        self._delay = min(self._delay * 2, _POLL_MOST)
 
 
 @dataclass(frozen=True)
@@ -146,7 +163,7 @@ class SharedCache(InstanceCache):
 
         try:
             with trio.fail_after(self.timeout):
-                return await trio.to_thread.run_sync(run, limiter=_disk_limiter, abandon_on_cancel=True)
+                return await trio.to_thread.run_sync(run, limiter=disk_limiter, abandon_on_cancel=True)
         except BaseException as exc:  # timed out or cancelled: what the thread did (or will do) is undone
             with mutex:
                 state["abandoned"] = True
@@ -207,14 +224,10 @@ class SharedCache(InstanceCache):
     async def open_for_reading(self, uid: str) -> tuple[int, CachedFile] | None:
         key = entry_key(uid)
         now = trio.current_time()
-        touch = now - self._touched.get(key, -_TOUCH_INTERVAL) >= _TOUCH_INTERVAL
-        deadline = trio.current_time() + self.wait_bound
-        delay = _POLL_FIRST
+        touch = now - self._touched.get(key, -TOUCH_INTERVAL) >= TOUCH_INTERVAL
+        patience = _Patience(self.wait_bound, "holding a cache entry")
         while (opened := await self._disk(self._open_entry, key, self._index.get(key), touch, undo=self._undo_open)) is _BUSY:
-            if trio.current_time() > deadline:
-                raise PacsError(f"another host has held a cache entry for more than {self.wait_bound:g}s")
-            await trio.sleep(delay)  # its fetcher is about to let go, or a janitor is deleting it
-            delay = min(delay * 2, _POLL_MOST)
+            await patience.wait()  # a janitor is deleting it
         if opened is None:
             if key in self._index:
                 self._remove(key)
@@ -357,8 +370,7 @@ class SharedCache(InstanceCache):
 
     async def _wait_for(self, lock: Path, on_wait: Callable[[], None] | None, what: str, byte: int = 0) -> None:
         """Take ``lock`` exclusively, looking again and again while another host holds it."""
-        deadline = trio.current_time() + self.wait_bound
-        delay = _POLL_FIRST
+        patience = _Patience(self.wait_bound, what)
 
         def take() -> bool:
             return self._locks.try_lock(lock, True, byte=byte)
@@ -368,12 +380,9 @@ class SharedCache(InstanceCache):
                 self._locks.release(lock, True, byte=byte)
 
         while not await self._disk(take, undo=undo):
-            if trio.current_time() > deadline:
-                raise PacsError(f"another host has been {what} for more than {self.wait_bound:g}s")
             if on_wait is not None:
                 on_wait()
-            await trio.sleep(delay)
-            delay = min(delay * 2, _POLL_MOST)
+            await patience.wait()
 
     def _take_elsewhere(self, key: str) -> bool:
         lock = self._entry_lock(key)
@@ -424,7 +433,7 @@ class SharedCache(InstanceCache):
 
     async def _run_janitor(self, bound: int) -> None:
         pinned = frozenset(self._pins)
-        result = await trio.to_thread.run_sync(self._janitor, bound, pinned, limiter=_disk_limiter)
+        result = await trio.to_thread.run_sync(self._janitor, bound, pinned, limiter=disk_limiter)
         if result is None:
             return  # another host is the janitor now
         total, evicted = result
