@@ -233,3 +233,23 @@ async def test_a_queued_download_of_an_instance_cached_meanwhile_asks_nothing(tm
         for _ in range(2):  # the second waits for the slot, then finds it cached
             nursery.start_soon(trolley._download_instance, reference(FILES[0]))
     assert downloader.requests == 1
+
+
+async def test_an_entry_gone_between_its_download_and_the_open_is_fetched_once_more(tmp_path):
+    cache = await InstanceCache.open(tmp_path, 10**9)
+    downloader = _OneFile()
+    trolley = Trolley(None, downloader, cache)  # type: ignore[arg-type]
+    fetch = trolley._fetch
+
+    async def fetch_then_lose_it(reference) -> None:  # noqa: ANN001
+        await fetch(reference)
+        if downloader.requests == 1:  # another host's janitor, right after the first download
+            cache.peek(uid(FILES[0])).path.unlink()
+
+    trolley._fetch = fetch_then_lose_it  # type: ignore[method-assign]
+    opened = await trolley.open_instance(reference(FILES[0]))
+    try:
+        assert os.pread(opened.fd, len(FILES[0]) + 1, 0) == FILES[0]
+    finally:
+        cache.close_for_reading(uid(FILES[0]), opened.fd)
+    assert downloader.requests == 2
