@@ -485,6 +485,7 @@ class Writer:
         self._digest = hashlib.sha256() if checksummed else None
         self.uid = ""
         """The SOPInstanceUID, set once the file is published."""
+        self._named: str | None = None
         self.head = bytearray()
         self.make_room: Callable[[], None] | None = None
         """Called (once per write) when the disk is full, to free space before writing on."""
@@ -533,11 +534,18 @@ class Writer:
         assert self._digest is not None
         return self._digest.hexdigest()[:CHECKSUM_DIGITS]
 
+    def named(self, key: str) -> None:
+        """This file is no instance but a derived file (trolleyfs.derived): publish it as ``key``
+        instead of the SOPInstanceUID of its header."""
+        self._named = key
+
     def identity(self, complete: bool, expected: Reference | None = None) -> Identity | None:
         """Who the file is, from its header, and UnrequestedInstance unless ``expected`` (if
         any) admits it. Its SOPInstanceUID (file meta) is read first; the study and series UIDs
         only when that alone does not decide. None while too little of the file has arrived (only
         when not ``complete``); a complete file that is no Part-10 file is a PacsProtocolError."""
+        if self._named is not None:
+            return Identity(self._named, "", "")
         uid = self._read(complete, uid_of)
         if uid is None:
             return None

@@ -207,6 +207,9 @@ class Config(BaseModel):
     """Opening one series of a study also lists the study's other series in the background (four
     searches at a time) when it has no more than this many, so that `ls -lR` or a file manager
     counting their entries does not wait one search after another; 0 turns it off."""
+    preview_size: int = Field(default=256, ge=16, le=4096)
+    """Pixels of the longer side of a series' `preview.png` (its aspect kept), and of each side of
+    a study's square `preview.png` montage."""
     allow_other: bool = False
     """Let users other than the one who mounted read the filesystem (FUSE `allow_other`; a
     non-root user also needs `user_allow_other` in /etc/fuse.conf). The kernel then checks `uid`,

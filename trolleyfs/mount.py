@@ -30,6 +30,7 @@ def fs_settings(config: Config) -> FsSettings:
         listing_readahead=config.listing_readahead,
         dates_from=config.dates_from,
         query_limit=config.query_limit,
+        preview_size=config.preview_size,
         naming=Naming.from_templates(config.study_name, config.series_name, config.instance_name),
         backend_names=(config.resolved_searcher, config.resolved_downloader),
     )

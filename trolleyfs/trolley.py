@@ -12,6 +12,8 @@
 - ``prefetch_searches`` runs searches in the background, a few at a time, so that their answers
   are cached when a reader lists them (a study's series listings, which ``ls -lR`` and file
   managers open one after the other).
+- ``rendered`` asks the PACS for an image of one instance, when the downloader can (a preview
+  without downloading the instance).
 - ``read_ahead`` downloads a whole series in the background (inside ``background_work``); at most
   ``_READ_AHEADS`` run at once and, together, within half the cache; the others wait in a short
   queue (the newest kept). While one runs, an open of one of its instances waits for that
@@ -31,11 +33,11 @@ from dataclasses import dataclass
 import cachetools
 import trio
 
-from trolleyfs.backends.base import Downloader, InstanceWriter, PartWriter, Searcher
+from trolleyfs.backends.base import Downloader, InstanceWriter, PartWriter, Renderer, Searcher
 from trolleyfs.cache import Arrival, Writer
 from trolleyfs.cache_interface import Cache
 from trolleyfs.errors import (
-    CacheFull, NeedsInstances, PacsError, PacsProtocolError, TrolleyError, UnrequestedInstance, first_error,
+    CacheFull, NeedsInstances, NotFound, PacsError, PacsProtocolError, TrolleyError, UnrequestedInstance, first_error,
 )
 from trolleyfs.model import (
     InstanceReference,
@@ -59,7 +61,7 @@ _QUEUED_READ_AHEADS = 16
 _SETTLED = "\0settled"
 """The waiters key of ``settled`` (no SOPInstanceUID holds a NUL)."""
 STAT_NAMES = (
-    "searches", "download_requests", "instances_downloaded", "bytes_downloaded", "cache_hits", "read_aheads",
+    "searches", "renders", "download_requests", "instances_downloaded", "bytes_downloaded", "cache_hits", "read_aheads",
     "listings_truncated", "instances_refused", "instances_skipped",
 )
 
@@ -336,6 +338,19 @@ class Trolley:
     def _refused(self, message: str) -> None:
         log.warning("%s; not cached", message)
         self.stats["instances_refused"] += 1
+
+    async def rendered(self, reference: InstanceReference, size: int) -> bytes | None:
+        """The PACS's rendering of one instance (PNG or JPEG), or None when the downloader
+        cannot ask for one or the PACS would not render it (the caller downloads instead); a
+        PACS that does not answer is an error, as for a download."""
+        if not isinstance(self.downloader, Renderer):
+            return None
+        self.stats["renders"] += 1
+        try:
+            return await self.downloader.rendered(reference, size)
+        except (PacsProtocolError, NotFound) as exc:
+            log.info("the PACS did not render an instance (%s); downloading it instead", type(exc).__name__)
+            return None
 
     async def download(self, reference: Reference) -> None:
         """Make sure every instance ``reference`` names is in the cache."""

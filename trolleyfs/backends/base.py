@@ -9,9 +9,9 @@ instance or series in memory.
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from trolleyfs.model import Query, Reference, Studies
+from trolleyfs.model import InstanceReference, Query, Reference, Studies
 
 
 class Searcher(Protocol):
@@ -65,4 +65,15 @@ class Downloader(Protocol):
     async def fetch(self, reference: Reference, sink: InstanceSink) -> None:
         """Put every instance ``reference`` names into ``sink``. Raises NeedsInstances when this
         downloader can only fetch single instances and ``reference`` names a study or series."""
+        ...
+
+
+@runtime_checkable
+class Renderer(Protocol):
+    """A downloader whose PACS also renders an instance as an image (WADO-RS ``/rendered``), so a
+    preview costs one small request instead of the instance."""
+
+    async def rendered(self, reference: InstanceReference, size: int) -> bytes:
+        """The instance as a PNG or JPEG image fitting ``size`` × ``size`` (roughly: servers may
+        ignore the viewport), windowed by the server. Raises PacsError when it cannot."""
         ...

@@ -8,7 +8,7 @@ and a part's file can be read while it arrives (each part's Content-Length gives
 from __future__ import annotations
 
 from trolleyfs.backends.base import InstanceSink
-from trolleyfs.backends.http import Answer, HttpSession, build_url, checked_uid
+from trolleyfs.backends.http import Answer, HttpSession, build_url, checked_uid, loggable
 from trolleyfs.backends.multipart import MultipartSplitter, PartConsumer, boundary_of, content_length, media_type
 from trolleyfs.errors import PacsProtocolError
 from trolleyfs.model import InstanceReference, Reference, SeriesReference
@@ -18,6 +18,8 @@ ACCEPT_DICOM_MULTIPART = {
     "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
     "Accept-Encoding": "identity",
 }
+
+ACCEPT_RENDERED = {"Accept": "image/png, image/jpeg;q=0.8"}
 
 
 class WadoRS:
@@ -37,6 +39,15 @@ class WadoRS:
         await self.session.receive(url, open_body, ACCEPT_DICOM_MULTIPART)
         if not splitters or not splitters[0].parts:
             raise PacsProtocolError(f"WADO-RS {url}: answer has no instances")
+
+    async def rendered(self, reference: InstanceReference, size: int) -> bytes:
+        """PS3.18 §10.4.1.1.3 (Retrieve Rendered Instance): a PNG, or failing that a JPEG."""
+        url = build_url(self.url, _path(reference) + "/rendered", [("viewport", f"{size},{size}")])
+        response = await self.session.get(url, ACCEPT_RENDERED)
+        kind = response.headers.get("content-type", "").lower()
+        if not kind.startswith("image/"):
+            raise PacsProtocolError(f"WADO-RS {loggable(url)}: rendered as {kind!r}, not an image")
+        return response.content
 
 
 class _Instances:

@@ -24,6 +24,7 @@ import trio
 from trolleyfs.errors import (
     IsADirectory, NoAttribute, NotADirectory, NotFound, PacsError, PacsRefused, ReadOnly, TrolleyError,
 )
+from trolleyfs.fs.dicom import DICOM_TREE
 from trolleyfs.fs.generated import GeneratedFile
 from trolleyfs.fs.nodes import ROOT_INODE, Directory, File, Mount, Node, OpenFile
 from trolleyfs.fs.settings import FsSettings
@@ -51,7 +52,7 @@ class FileSystem:
         self.errors: Counter[str] = Counter()
         self.lookups = 0
         """Names the kernel asked about (it caches answers, found or not, for listing_ttl)."""
-        self.mount = Mount(trolley, self.settings, mount_time=time.time())
+        self.mount = Mount(trolley, self.settings, mount_time=time.time(), tree=DICOM_TREE)
         self.inodes = self.mount.inodes
         self.root = _Root(self.mount, ())
         assert self.root.inode == ROOT_INODE

@@ -19,7 +19,8 @@ import trio
 from trolleyfs.cache import Arrival
 from trolleyfs.fs.generated import GeneratedFile
 from trolleyfs.fs.names import NameTemplate, study_time, unique_names
-from trolleyfs.fs.nodes import Directory, File, Node, OpenFile
+from trolleyfs.fs.nodes import Directory, File, Node, OpenFile, Tree
+from trolleyfs.fs.previews import PREVIEW_NAME, SeriesPreview, StudyPreview, holds_images
 from trolleyfs.fs.sidecars import dicom_json, header_attributes, render_json, text_of, xattr_values
 from trolleyfs.model import (
     LISTING_FIELDS,
@@ -57,7 +58,7 @@ class StudiesDir(Directory):
         return True
 
     def study_name(self, study: Study) -> str:
-        return self.mount.settings.naming.study.name(study.attributes)
+        return self.mount.settings.naming.study.name(self.tree.visible(study.attributes))
 
     async def answer(self) -> Studies:
         query = self.study_query()
@@ -73,7 +74,7 @@ class StudiesDir(Directory):
         names = unique_names([(self.study_name(study), uid) for uid, study in studies.items()])
         children: dict[str, Node] = {}
         for name, uid in names.items():
-            children[name] = self.child(StudyDir, uid).showing(studies[uid])
+            children[name] = self.child(self.tree.study_dir, uid).showing(studies[uid])  # type: ignore[attr-defined]
         return self.built(children, answer)
 
 
@@ -97,14 +98,22 @@ class StudyDir(Directory):
         study = answer.study(self.study.uid)
         series = study.series if study else []
         naming = self.mount.settings.naming.series
-        names = unique_names([(naming.name(s.attributes), s.uid) for s in series], frozenset({STUDY_SIDECAR}))
+        files = self.files()
+        visible = self.tree.visible
+        names = unique_names([(naming.name(visible(s.attributes)), s.uid) for s in series], frozenset(files))
         by_uid = {s.uid: s for s in series}
         children: dict[str, Node] = {}
         for name, uid in names.items():
-            children[name] = self.child(SeriesDir, uid).showing(self, by_uid[uid])
-        children[STUDY_SIDECAR] = self.child(GeneratedFile, STUDY_SIDECAR).generated_by(self.render_sidecar)
+            children[name] = self.child(self.tree.series_dir, uid).showing(self, by_uid[uid])  # type: ignore[attr-defined]
         self._series_prefetched = False
-        return self.built(children, answer)
+        return self.built({**children, **files}, answer)
+
+    def files(self) -> dict[str, Node]:
+        """The files beside the series: ``study.json`` and the study's ``preview.png``."""
+        return {
+            STUDY_SIDECAR: self.child(GeneratedFile, STUDY_SIDECAR).generated_by(self.render_sidecar),
+            PREVIEW_NAME: self.child(StudyPreview, PREVIEW_NAME).of_study(self),
+        }
 
     _series_prefetched = False
 
@@ -112,18 +121,21 @@ class StudyDir(Directory):
         """``ls -lR`` and file managers open a study's series one after the other: once the first
         is opened, list the others in the background (two searches at a time) when there are few
         enough. (Listing the study alone searches nothing more.)"""
-        series = [node for node in (self.children or {}).values() if isinstance(node, SeriesDir)]
+        series = self.series_dirs()
         if self._series_prefetched or not 0 < len(series) <= self.mount.settings.listing_readahead:
             return
         self._series_prefetched = True
         self.mount.trolley.prefetch_searches([node.instance_query() for node in series])
 
+    def series_dirs(self) -> list[SeriesDir]:
+        return [node for node in (self.children or {}).values() if isinstance(node, SeriesDir)]
+
     def by_uid(self, name: str, entries: dict[str, Node]) -> Node | None:
         series = self._by_part.get(name)
-        if not isinstance(series, SeriesDir):
+        if not isinstance(series, SeriesDir) or not self.tree.searchable_names:
             return None
         # a folder of its own: one directory may not have two names
-        return self.child(SeriesDir, _BY_UID + name).showing(self, series.series)
+        return self.child(type(series), _BY_UID + name).showing(self, series.series)
 
     def render_sidecar(self) -> bytes:
         return render_json(dicom_json(self.study.attributes))
@@ -154,26 +166,41 @@ class SeriesDir(Directory):
         )
         return with_fields(query, self.mount.settings.naming.instance)
 
-    async def entries(self) -> dict[str, Node]:
-        self.study_dir.prefetch_series_listings()
+    async def search_instances(self) -> tuple[Studies, list[Instance]]:
+        """The instance-level search of this series (a listing's, while its answer is cached)."""
         answer = await self.mount.trolley.find_studies(self.instance_query())
-        if self.up_to_date(answer):
-            return self.children  # type: ignore[return-value]
         study = answer.study(self.study_dir.study.uid)
         series = next((s for s in study.series if s.uid == self.series.uid), None) if study else None
-        self.instances = series.instances if series else []
+        return answer, series.instances if series else []
+
+    async def entries(self) -> dict[str, Node]:
+        self.study_dir.prefetch_series_listings()
+        answer, instances = await self.search_instances()
+        if self.up_to_date(answer):
+            return self.children  # type: ignore[return-value]
+        self.instances = instances
         naming = self.mount.settings.naming.instance
+        files = self.files()
         by_uid = {instance.uid: instance for instance in self.instances}
-        names = unique_names([(naming.name(i.attributes), i.uid) for i in self.instances], frozenset({SERIES_SIDECAR}))
+        visible = self.tree.visible
+        named = [(naming.name(visible({"SOPInstanceUID": i.uid, **i.attributes})), i.uid) for i in self.instances]
         children: dict[str, Node] = {}
-        for name, uid in names.items():
-            children[name] = self.child(InstanceFile, uid).showing(self, by_uid[uid])
-        children[SERIES_SIDECAR] = self.child(GeneratedFile, SERIES_SIDECAR).generated_by(self.render_sidecar)
-        return self.built(children, answer)
+        for name, uid in unique_names(named, frozenset(files)).items():
+            children[name] = self.child(self.tree.instance_file, uid).showing(self, by_uid[uid])  # type: ignore[attr-defined]
+        return self.built({**children, **files}, answer)
+
+    def files(self) -> dict[str, Node]:
+        """The files beside the instances: ``series.json`` and, for images, ``preview.png``."""
+        files: dict[str, Node] = {
+            SERIES_SIDECAR: self.child(GeneratedFile, SERIES_SIDECAR).generated_by(self.render_sidecar),
+        }
+        if holds_images(self.series.attributes):
+            files[PREVIEW_NAME] = self.child(SeriesPreview, PREVIEW_NAME).of_series(self)
+        return files
 
     def by_uid(self, name: str, entries: dict[str, Node]) -> Node | None:
         found = self._by_part.get(name.removesuffix(".dcm"))  # <SOPInstanceUID>.dcm
-        return found if isinstance(found, InstanceFile) else None
+        return found if isinstance(found, InstanceFile) and self.tree.searchable_names else None
 
     def render_sidecar(self) -> bytes:
         return render_json({
@@ -274,6 +301,10 @@ class InstanceFile(File):
                 finally:
                     cache.close_for_reading(self.uid, fd)
         return xattr_values({**attributes, **(self._header or {})})
+
+
+DICOM_TREE = Tree(study_dir=StudyDir, series_dir=SeriesDir, instance_file=InstanceFile)
+"""The DICOM views at the root of the mount."""
 
 
 def with_fields(query: Query, naming: NameTemplate) -> Query:

@@ -13,9 +13,11 @@ import itertools
 import stat
 import weakref
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from trolleyfs.derived.store import DerivedFiles
 from trolleyfs.errors import NotFound
 
 if TYPE_CHECKING:
@@ -41,13 +43,34 @@ class OpenFile:
     direct_io: bool = False
 
 
-class Mount:
-    """What every node of one mount shares: the trolley, the settings, the inode table."""
+@dataclass(frozen=True)
+class Tree:
+    """One of the trees a mount shows the same studies in (the DICOM views at the root, ``/nifti``,
+    ``/deid``): the kinds of node its studies, series and instances are, and the attributes their
+    names are made of. Every node belongs to the tree of the directory that made it, so one view
+    module (``patients``, ``studies``, ...) serves in every tree unchanged."""
 
-    def __init__(self, trolley: Trolley, settings: FsSettings, mount_time: float) -> None:
+    study_dir: type[Directory]
+    series_dir: type[Directory]
+    instance_file: type[File]
+    visible: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda attributes: attributes)
+    """The attributes a name may be made of (all of them; under ``/deid`` no identifying one)."""
+    visible_uid: Callable[[str], str] = field(default=lambda uid: uid)
+    searchable_names: bool = True
+    """Whether a name that no listing showed may be looked up by searching for it (under ``/deid``
+    a name is a pseudonym: only a listing can tell what it stands for)."""
+
+
+class Mount:
+    """What every node of one mount shares: the trolley, the settings, the inode table, and the
+    tree nodes belong to unless made in another."""
+
+    def __init__(self, trolley: Trolley, settings: FsSettings, mount_time: float, tree: Tree) -> None:
         self.trolley = trolley
         self.settings = settings
         self.mount_time = mount_time
+        self.tree = tree
+        self.derived = DerivedFiles(trolley.cache)
         self.inodes = InodeTable()
 
 
@@ -59,6 +82,7 @@ class Node:
     def __init__(self, mount: Mount, key: Key) -> None:
         self.mount = mount
         self.key = key
+        self.tree = mount.tree
         self.inode = mount.inodes.new_inode()
         self.mtime = mount.mount_time
         self.size = 0
@@ -124,6 +148,7 @@ class Directory(Node):
         node = self.mount.inodes.by_key(key) or self._by_part.get(part)
         if type(node) is not kind:
             node = kind(self.mount, key)
+            node.tree = self.tree
         return node  # type: ignore[return-value]
 
     def forgotten(self) -> None:

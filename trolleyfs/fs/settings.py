@@ -29,6 +29,7 @@ class FsSettings:
     listing_readahead: int = 16
     dates_from: int = 1990
     query_limit: int = 1000
+    preview_size: int = 256
     naming: Naming = field(default_factory=Naming)
     backend_names: tuple[str, str] = ("", "")
     """(searcher, downloader), for the stats."""

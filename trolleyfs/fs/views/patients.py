@@ -33,12 +33,13 @@ class PatientsRoot(Directory):
             return self.children  # type: ignore[return-value]
         self.last_listing = answer
         patient_ids = sorted({text_of(study.attributes.get("PatientID")) for study in answer})
-        return self.built(
-            {patient_dir_name(pid): self.child(PatientDir, pid).of(self, pid) for pid in patient_ids}, answer
-        )
+        return self.built({self.patient_name(pid): self.child(PatientDir, pid).of(self, pid) for pid in patient_ids}, answer)
+
+    def patient_name(self, patient_id: str) -> str:
+        return patient_dir_name(text_of(self.tree.visible({"PatientID": patient_id}).get("PatientID")))
 
     async def lookup(self, name: str) -> Node:
-        patient_id = patient_id_from_name(name)
+        patient_id = patient_id_from_name(name) if self.tree.searchable_names else None
         if patient_id is None or not searchable(patient_id):  # only a listing made before knows these
             if self.children is None or name not in self.children:
                 raise NotFound("a patient folder that only the /patients listing can show")
