@@ -136,6 +136,9 @@ class InstanceCache:
         self.min_free_space = min_free_space
         self._objects = root / LAYOUT_VERSION / "objects"
         self._tmp = root / LAYOUT_VERSION / "tmp"
+        self.scratch = root / LAYOUT_VERSION / "scratch"
+        """Where derived files are worked on (trolleyfs.derived), on the cache's filesystem so that
+        instance files can be linked there; emptied when the cache is opened."""
         self._index: OrderedDict[str, CachedFile] = OrderedDict()
         self._pins: Counter[str] = Counter()
         self._touched: dict[str, float] = {}
@@ -171,6 +174,7 @@ class InstanceCache:
             self.root.chmod(0o700)
             for leftover in self._tmp.iterdir():
                 leftover.unlink()
+            shutil.rmtree(self.scratch, ignore_errors=True)
         except OSError as exc:
             raise CacheError(f"cannot prepare cache directory {self.root}: {exc}") from exc
         found: list[tuple[float, str, CachedFile]] = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from pathlib import Path
 from typing import Protocol
 
 import trio
@@ -17,6 +18,8 @@ from trolleyfs.model import Reference
 
 class Cache(Protocol):
     max_bytes: int
+    scratch: Path
+    """A directory for work on derived files (made by whoever uses it), on this host."""
     total_bytes: int
     """Bytes held (for a shared cache: as last counted, plus what this host added since)."""
     on_skipped: Callable[[], None]

@@ -210,6 +210,9 @@ class Config(BaseModel):
     preview_size: int = Field(default=256, ge=16, le=4096)
     """Pixels of the longer side of a series' `preview.png` (its aspect kept), and of each side of
     a study's square `preview.png` montage."""
+    nifti_timeout: float = Field(default=600.0, gt=0)
+    """Seconds dcm2niix may take to convert one series for `/nifti` (after its download); past it
+    the conversion is abandoned and the open gets EIO."""
     allow_other: bool = False
     """Let users other than the one who mounted read the filesystem (FUSE `allow_other`; a
     non-root user also needs `user_allow_other` in /etc/fuse.conf). The kernel then checks `uid`,

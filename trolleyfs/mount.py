@@ -31,6 +31,7 @@ def fs_settings(config: Config) -> FsSettings:
         dates_from=config.dates_from,
         query_limit=config.query_limit,
         preview_size=config.preview_size,
+        nifti_timeout=config.nifti_timeout,
         naming=Naming.from_templates(config.study_name, config.series_name, config.instance_name),
         backend_names=(config.resolved_searcher, config.resolved_downloader),
     )

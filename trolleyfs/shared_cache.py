@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import socket
+import tempfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -118,6 +119,7 @@ class SharedCache(InstanceCache):
         self.wait_bound = wait_bound
         """Bound on waiting for another host that holds a fetch or read-ahead."""
         self._owner = f"{socket.gethostname().replace('.', '_')}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.scratch = Path(tempfile.gettempdir()) / f"trolleyfs-scratch-{self._owner}"  # this host's own
         """Who writes this cache's temporary files: host, process, and a random part (a container
         restarted with its host name and process number is another owner)."""
         self._lock_fan_out: set[str] = set()

@@ -45,6 +45,11 @@ class DerivedFiles:
             raise CacheError("a file made moments ago left the cache at once (is cache_size too small?)")
         return opened
 
+    async def once(self, key: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` unless a run for ``key`` is under way, then wait for that one instead
+        (one conversion for the several files it makes)."""
+        await self._making.run(key, work)
+
     async def publish_bytes(self, key: str, data: bytes) -> CachedFile:
         writer = self._writer(key)
         try:

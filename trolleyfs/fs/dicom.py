@@ -104,9 +104,15 @@ class StudyDir(Directory):
         by_uid = {s.uid: s for s in series}
         children: dict[str, Node] = {}
         for name, uid in names.items():
+            if not self.keeps_series(by_uid[uid]):
+                continue
             children[name] = self.child(self.tree.series_dir, uid).showing(self, by_uid[uid])  # type: ignore[attr-defined]
         self._series_prefetched = False
         return self.built({**children, **files}, answer)
+
+    def keeps_series(self, series: Series) -> bool:
+        """Whether a series of the study is shown in this tree."""
+        return True
 
     def files(self) -> dict[str, Node]:
         """The files beside the series: ``study.json`` and the study's ``preview.png``."""
@@ -202,6 +208,15 @@ class SeriesDir(Directory):
         found = self._by_part.get(name.removesuffix(".dcm"))  # <SOPInstanceUID>.dcm
         return found if isinstance(found, InstanceFile) and self.tree.searchable_names else None
 
+    def reference_of(self, instance: Instance) -> InstanceReference:
+        return InstanceReference(
+            study_uid=self.study_dir.study.uid,
+            series_uid=self.series.uid,
+            instance_uid=instance.uid,
+            sop_class_uid=text_of(instance.attributes.get("SOPClassUID")),
+            modalities=self.modalities,
+        )
+
     def render_sidecar(self) -> bytes:
         return render_json({
             "series": dicom_json(self.series.attributes),
@@ -246,13 +261,7 @@ class InstanceFile(File):
 
     @property
     def reference(self) -> InstanceReference:
-        return InstanceReference(
-            study_uid=self.series_dir.study_dir.study.uid,
-            series_uid=self.series_dir.series.uid,
-            instance_uid=self.uid,
-            sop_class_uid=text_of(self.instance.attributes.get("SOPClassUID")),
-            modalities=self.series_dir.modalities,
-        )
+        return self.series_dir.reference_of(self.instance)
 
     async def open(self) -> OpenFile:
         """Open the instance's cache file, downloading it first unless cached; returns once its
@@ -326,8 +335,8 @@ def estimated_size(attributes: dict[str, Any]) -> int:
         rows, columns, bits = (int(attributes[name]) for name in ("Rows", "Columns", "BitsAllocated"))
     except (KeyError, TypeError, ValueError):
         return 0
-    samples = _int_or(attributes.get("SamplesPerPixel"), 1)
-    frames = _int_or(attributes.get("NumberOfFrames"), 1)
+    samples = int_or(attributes.get("SamplesPerPixel"), 1)
+    frames = int_or(attributes.get("NumberOfFrames"), 1)
     return rows * columns * samples * frames * ((bits + 7) // 8) + _HEADER_ALLOWANCE
 
 
@@ -343,7 +352,7 @@ def typical_size(modalities: tuple[str, ...]) -> int:
     return _TYPICAL_PIXELS.get(modalities[0] if modalities else "", 512 * 512 * 2) + _HEADER_ALLOWANCE
 
 
-def _int_or(value: Any, default: int) -> int:
+def int_or(value: Any, default: int) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):

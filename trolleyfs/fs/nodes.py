@@ -157,6 +157,21 @@ class Directory(Node):
         self._built_from = None
 
 
+class TreeRoot(Directory):
+    """The folder a tree of its own begins at (``/nifti``, ``/deid``): some views, in that tree."""
+
+    permanent = True
+
+    def tree_and_views(self) -> tuple[Tree, dict[str, type[Directory]]]:
+        raise NotImplementedError
+
+    async def entries(self) -> dict[str, Node]:
+        if self.children is None:
+            self.tree, views = self.tree_and_views()
+            self.built({name: self.child(view, name) for name, view in views.items()})
+        return self.children  # type: ignore[return-value]
+
+
 class File(Node):
     size_exact: bool = True
 

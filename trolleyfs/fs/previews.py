@@ -75,12 +75,7 @@ class SeriesPreview(DerivedFile):
         _, instances = await self.series_dir.search_instances()
         if not instances:
             raise TrolleyError("the series has no instances to preview")
-        middle = middle_instance(instances)
-        reference = InstanceReference(
-            study_uid=self.series_dir.study_dir.study.uid, series_uid=self.series_dir.series.uid,
-            instance_uid=middle.uid, sop_class_uid=text_of(middle.attributes.get("SOPClassUID")),
-            modalities=self.series_dir.modalities,
-        )
+        reference = self.series_dir.reference_of(middle_instance(instances))
         png = await thumbnail(self.mount, reference, self.mount.settings.preview_size)
         await self.mount.derived.publish_bytes(self.uid, png)
 

@@ -30,6 +30,7 @@ class FsSettings:
     dates_from: int = 1990
     query_limit: int = 1000
     preview_size: int = 256
+    nifti_timeout: float = 600.0
     naming: Naming = field(default_factory=Naming)
     backend_names: tuple[str, str] = ("", "")
     """(searcher, downloader), for the stats."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from trolleyfs.fs.nodes import Directory
 from trolleyfs.fs.views.accession import AccessionRoot
 from trolleyfs.fs.views.dates import DatesRoot
+from trolleyfs.fs.views.nifti import NiftiRoot
 from trolleyfs.fs.views.patients import PatientsRoot
 from trolleyfs.fs.views.query import QueryRoot
 from trolleyfs.fs.views.studies import StudiesRoot
@@ -15,4 +16,5 @@ VIEWS: dict[str, type[Directory]] = {
     "accession": AccessionRoot,
     "dates": DatesRoot,
     "query": QueryRoot,
+    "nifti": NiftiRoot,
 }
