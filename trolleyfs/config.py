@@ -60,6 +60,13 @@ def _default_cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trolleyfs"
 
 
+def _modality_list(value: Any) -> Any:
+    """`US,SC` -> ("US", "SC")."""
+    if isinstance(value, str):
+        return tuple(part.strip().upper() for part in value.split(",") if part.strip())
+    return value
+
+
 class Config(BaseModel):
     """Everything a mount can be told. Field docs are the user documentation (docs/options.md)."""
 
@@ -213,6 +220,25 @@ class Config(BaseModel):
     nifti_timeout: float = Field(default=600.0, gt=0)
     """Seconds dcm2niix may take to convert one series for `/nifti` (after its download); past it
     the conversion is abandoned and the open gets EIO."""
+    deid_secret: str = Field(default="", repr=False)
+    """The key of `/deid`'s pseudonyms, remapped UIDs and date shifts (an HMAC key: the same key
+    gives the same pseudonyms on every mount). A secret: only from `credentials_file` (or
+    `TROLLEYFS_DEID_SECRET`); without one there is no `/deid`. At least 16 characters."""
+    deid_shift_dates: bool = False
+    """`/deid` keeps the time between a patient's studies (PS3.15 "Retain Longitudinal Temporal
+    Information with Modified Dates"): every date of a patient is moved by the same secret number
+    of days, instead of being removed or emptied."""
+    deid_retain_device_identity: bool = False
+    """`/deid` keeps the identity of the scanner (PS3.15 "Retain Device Identity": station name,
+    device serial number, ...); off, they are removed."""
+    deid_retain_patient_characteristics: bool = False
+    """`/deid` keeps the patient's sex, age, size and weight (PS3.15 "Retain Patient
+    Characteristics"); off, they are removed or emptied."""
+    deid_burned_in_checked: Annotated[tuple[str, ...], BeforeValidator(_modality_list)] = ()
+    """Modalities (comma-separated, e.g. `US,SC`) whose images were checked to hold no burned-in
+    text: `/deid` serves them. By default US, secondary captures (SC, OT) and other modalities
+    known for text in the pixels (XC, ES, GM, SM, DOC) are refused with EACCES, as is every
+    instance flagged `BurnedInAnnotation=YES` whatever this says."""
     allow_other: bool = False
     """Let users other than the one who mounted read the filesystem (FUSE `allow_other`; a
     non-root user also needs `user_allow_other` in /etc/fuse.conf). The kernel then checks `uid`,
@@ -234,6 +260,13 @@ class Config(BaseModel):
         Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(lambda value: str(value).upper())
     ] = "INFO"
     """Daemon log verbosity."""
+
+    @field_validator("deid_secret")
+    @classmethod
+    def _long_enough(cls, secret: str) -> str:
+        if secret and len(secret) < 16:
+            raise ValueError("deid_secret must be at least 16 characters (it keys every pseudonym)")
+        return secret
 
     @field_validator("study_name", "series_name", "instance_name")
     @classmethod
@@ -428,8 +461,8 @@ def options_from_environment(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
-SECRET_OPTIONS = frozenset({"password", "token", "client_secret"})
-CREDENTIAL_KEYS = ("username", "password", "token", "client_id", "client_secret")
+SECRET_OPTIONS = frozenset({"password", "token", "client_secret", "deid_secret"})
+CREDENTIAL_KEYS = ("username", "password", "token", "client_id", "client_secret", "deid_secret")
 
 
 def read_credentials(path: Path) -> dict[str, str]:
@@ -468,7 +501,7 @@ def load_config(
             raise ConfigError(
                 f"{', '.join(leaked)} may not be given on {source_name} (it would be visible to others); "
                 "use credentials_file=FILE (mode 0600) or the environment (TROLLEYFS_PASSWORD, TROLLEYFS_TOKEN, "
-                "TROLLEYFS_CLIENT_SECRET)"
+                "TROLLEYFS_CLIENT_SECRET, TROLLEYFS_DEID_SECRET)"
             )
     credentials_file = cli.get("credentials_file") or from_file.get("credentials_file") or env.get("credentials_file")
     if credentials_file and not isinstance(credentials_file, (str, Path)):

@@ -11,6 +11,7 @@ from trolleyfs.backends.registry import Backends
 from trolleyfs.cache import InstanceCache
 from trolleyfs.cache_interface import Cache
 from trolleyfs.config import Config
+from trolleyfs.derived.deid import DeidOptions, Deidentifier
 from trolleyfs.fs.core import FileSystem
 from trolleyfs.fs.settings import FsSettings, Naming
 from trolleyfs.shared_cache import SharedCache, namespace_of
@@ -32,6 +33,12 @@ def fs_settings(config: Config) -> FsSettings:
         query_limit=config.query_limit,
         preview_size=config.preview_size,
         nifti_timeout=config.nifti_timeout,
+        deidentifier=Deidentifier(config.deid_secret, DeidOptions(
+            shift_dates=config.deid_shift_dates,
+            retain_device_identity=config.deid_retain_device_identity,
+            retain_patient_characteristics=config.deid_retain_patient_characteristics,
+            burned_in_checked=config.deid_burned_in_checked,
+        )) if config.deid_secret else None,
         naming=Naming.from_templates(config.study_name, config.series_name, config.instance_name),
         backend_names=(config.resolved_searcher, config.resolved_downloader),
     )

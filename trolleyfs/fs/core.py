@@ -59,7 +59,8 @@ class FileSystem:
         control = self.root.child(_Root, CONTROL_DIR)
         control.built({"stats": control.child(GeneratedFile, "stats").generated_by(
             self._render_stats, volatile=True, permanent=True)})
-        self.root.built({**{name: self.root.child(view, name) for name, view in VIEWS.items()}, CONTROL_DIR: control})
+        views = {name: self.root.child(view, name) for name, view in VIEWS.items() if view.offered(self.settings)}
+        self.root.built({**views, CONTROL_DIR: control})
         self.inodes.keep(self.root)
         self._handles = itertools.count(1)
         self._open_files: dict[int, OpenFile] = {}
@@ -156,13 +157,17 @@ class FileSystem:
     # --- extended attributes -------------------------------------------------------------------
 
     async def listxattr(self, inode: int) -> list[str]:
-        return sorted(await self.getattr(inode).xattrs())
+        return sorted(await self._xattrs(inode))
 
     async def getxattr(self, inode: int, name: str) -> bytes:
-        values = await self.getattr(inode).xattrs()
+        values = await self._xattrs(inode)
         if name not in values:
             raise NoAttribute(f"no extended attribute of that name on inode {inode}")
         return values[name]
+
+    async def _xattrs(self, inode: int) -> dict[str, bytes]:
+        node = self.getattr(inode)
+        return await node.xattrs() if node.tree.attributes_shown else {}
 
     # --- the stats file ------------------------------------------------------------------------
 

@@ -56,6 +56,8 @@ class Tree:
     visible: Callable[[dict[str, Any]], dict[str, Any]] = field(default=lambda attributes: attributes)
     """The attributes a name may be made of (all of them; under ``/deid`` no identifying one)."""
     visible_uid: Callable[[str], str] = field(default=lambda uid: uid)
+    attributes_shown: bool = True
+    """Whether its nodes have extended attributes (the original values: none under ``/deid``)."""
     searchable_names: bool = True
     """Whether a name that no listing showed may be looked up by searching for it (under ``/deid``
     a name is a pseudonym: only a listing can tell what it stands for)."""
@@ -108,6 +110,11 @@ class Node:
 
 class Directory(Node):
     is_dir = True
+
+    @classmethod
+    def offered(cls, settings: FsSettings) -> bool:
+        """Whether a mount with ``settings`` shows this view at all."""
+        return True
 
     def __init__(self, mount: Mount, key: Key) -> None:
         super().__init__(mount, key)

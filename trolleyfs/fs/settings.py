@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from trolleyfs.fs.names import DEFAULT_INSTANCE_NAME, DEFAULT_SERIES_NAME, DEFAULT_STUDY_NAME, NameTemplate
+
+if TYPE_CHECKING:
+    from trolleyfs.derived.deid import Deidentifier
 
 
 @dataclass(frozen=True)
@@ -32,5 +36,7 @@ class FsSettings:
     preview_size: int = 256
     nifti_timeout: float = 600.0
     naming: Naming = field(default_factory=Naming)
+    deidentifier: Deidentifier | None = None
+    """What ``/deid`` de-identifies with; None: there is no ``/deid``."""
     backend_names: tuple[str, str] = ("", "")
     """(searcher, downloader), for the stats."""

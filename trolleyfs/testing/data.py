@@ -92,3 +92,58 @@ def _part10(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+DERIVED_PATIENT = ("TROLLEY-DER", "DERIVED^DORA")
+
+
+def generate_derived_samples(seed: str = "trolleyfs-derived") -> Iterator[bytes]:
+    """One study with the series the derived views treat apart: a two-echo MR series (dcm2niix
+    writes one volume per echo), a structured report (no image), an ultrasound image (a modality
+    refused by /deid unless checked) and a CT series whose last image is flagged
+    BurnedInAnnotation=YES; every image carries a private element holding the patient's name."""
+    patient_id, patient_name = DERIVED_PATIENT
+    study_uid = _uid(seed, "study")
+    spec = SampleSpec(rows=32, columns=32)
+
+    def image(modality: str, series: int, number: int, **values: object) -> Dataset:
+        ds = copy.deepcopy(_template("MR" if modality == "MR" else "CT"))
+        ds.PatientID, ds.PatientName, ds.PatientBirthDate = patient_id, patient_name, "19700101"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, _uid(seed, "series", series)
+        ds.SOPInstanceUID = _uid(seed, series, number)
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240301"
+        ds.StudyDescription, ds.SeriesDescription = "DERIVED VIEWS", f"{modality} {series}"
+        ds.AccessionNumber, ds.Modality = "ACCDER", modality
+        ds.SeriesNumber, ds.InstanceNumber = series, number
+        ds.private_block(0x0009, "TROLLEYFS SAMPLE", create=True).add_new(0x01, "LO", patient_name)
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        _set_pixels(ds, spec, f"{seed}/{ds.SOPInstanceUID}")
+        return ds
+
+    for echo in (1, 2):
+        for slice_index in range(4):
+            yield _part10(image(
+                "MR", 1, (echo - 1) * 4 + slice_index + 1, EchoNumbers=echo, EchoTime=10.0 * echo,
+                ImagePositionPatient=[0.0, 0.0, float(slice_index)],
+            ))
+    for number in range(1, 4):
+        flagged = "YES" if number == 3 else "NO"
+        yield _part10(image("CT", 2, number, BurnedInAnnotation=flagged, ImagePositionPatient=[0.0, 0.0, float(number)]))
+    ultrasound = image("US", 3, 1)
+    ultrasound.SOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"  # Ultrasound Image Storage
+    yield _part10(ultrasound)
+    yield _part10(_report(patient_id, patient_name, study_uid, _uid(seed, "series", 4), _uid(seed, 4, 1)))
+
+
+def _report(patient_id: str, patient_name: str, study_uid: str, series_uid: str, uid: str) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = uid, study_uid, series_uid
+    ds.PatientID, ds.PatientName, ds.Modality = patient_id, patient_name, "SR"
+    ds.StudyDate = ds.ContentDate = "20240301"
+    ds.SeriesNumber, ds.InstanceNumber, ds.AccessionNumber = 4, 1, "ACCDER"
+    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
+    return ds

@@ -5,6 +5,7 @@ from __future__ import annotations
 from trolleyfs.fs.nodes import Directory
 from trolleyfs.fs.views.accession import AccessionRoot
 from trolleyfs.fs.views.dates import DatesRoot
+from trolleyfs.fs.views.deid import DeidRoot
 from trolleyfs.fs.views.nifti import NiftiRoot
 from trolleyfs.fs.views.patients import PatientsRoot
 from trolleyfs.fs.views.query import QueryRoot
@@ -17,4 +18,5 @@ VIEWS: dict[str, type[Directory]] = {
     "dates": DatesRoot,
     "query": QueryRoot,
     "nifti": NiftiRoot,
+    "deid": DeidRoot,
 }
