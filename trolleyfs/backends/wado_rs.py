@@ -19,7 +19,6 @@ ACCEPT_DICOM_MULTIPART = {
     "Accept-Encoding": "identity",
 }
 
-ACCEPT_RENDERED = {"Accept": "image/png, image/jpeg;q=0.8"}
 
 
 class WadoRS:
@@ -41,9 +40,14 @@ class WadoRS:
             raise PacsProtocolError(f"WADO-RS {url}: answer has no instances")
 
     async def rendered(self, reference: InstanceReference, size: int) -> bytes:
-        """PS3.18 §10.4.1.1.3 (Retrieve Rendered Instance): a PNG, or failing that a JPEG."""
+        """PS3.18 §10.4.1.1.3 (Retrieve Rendered Instance): a PNG, or failing that a JPEG. Asked
+        for one media type at a time: Orthanc 1.10 answers 400 to an Accept header that lists
+        two (with or without q values)."""
         url = build_url(self.url, _path(reference) + "/rendered", [("viewport", f"{size},{size}")])
-        response = await self.session.get(url, ACCEPT_RENDERED)
+        try:
+            response = await self.session.get(url, {"Accept": "image/png"})
+        except PacsProtocolError:  # 400, 406: not as PNG
+            response = await self.session.get(url, {"Accept": "image/jpeg"})
         kind = response.headers.get("content-type", "").lower()
         if not kind.startswith("image/"):
             raise PacsProtocolError(f"WADO-RS {loggable(url)}: rendered as {kind!r}, not an image")

@@ -242,12 +242,14 @@ def _moved(value: str, shift: datetime.timedelta) -> str:
     return day.strftime("%Y%m%d") + value[8:]
 
 
+_library_uid = library.get_UID
+
+
 def _nested_uid(old_uid: str) -> str:
-    """The library's replacement of UIDs inside sequences it replaces: keyed, like ours."""
+    """The library's replacement of UIDs inside sequences it replaces: keyed, like ours, within
+    Deidentifier.deidentify; the library's own (random) elsewhere."""
     deidentifier = getattr(_current, "deidentifier", None)
-    if deidentifier is None:
-        raise RuntimeError("the library replaced a UID outside Deidentifier.deidentify")
-    return deidentifier.uid(old_uid)
+    return _library_uid(old_uid) if deidentifier is None else deidentifier.uid(old_uid)
 
 
 library.get_UID = _nested_uid  # its default draws random UIDs, kept in a process-wide dict

@@ -199,6 +199,7 @@ class FileSystem:
             "cache_bytes": cache.total_bytes,
             "cache_max_bytes": cache.max_bytes,
             "open_files": len(self._open_files),
+            "derived_files_made": self.mount.derived.made,
         }
 
     def _render_stats(self) -> bytes:
