@@ -1,5 +1,6 @@
 """A graphical file manager (PCManFM under Xvfb) browsing a mount: it lists, stats and sniffs what
-it shows, and must download no instance doing so."""
+it shows and thumbnails the series' preview.png, and may download no instance but the one that
+preview is made of."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def _quiet(read_stats, period: float = 2.0, timeout: float = 30.0) -> dict:  # n
     return last
 
 
-def test_pcmanfm_browses_a_day_down_to_a_series_and_downloads_nothing(mount, pacs, tmp_path):
+def test_pcmanfm_browses_a_day_down_to_a_series_and_downloads_at_most_its_preview_instance(mount, pacs, tmp_path):
     xvfb, pcmanfm, xdotool = need_tool("Xvfb"), need_tool("pcmanfm"), need_tool("xdotool")
     mounted = mount(pacs.dicomweb_url)
     date = next(iter(pacs.instances.values())).value("StudyDate")
@@ -52,12 +53,12 @@ def test_pcmanfm_browses_a_day_down_to_a_series_and_downloads_nothing(mount, pac
         _wait_for(lambda: subprocess.run([xdotool, "search", "--name", series.name[:20]], env=env,
                                          capture_output=True).returncode == 0, 60, "the PCManFM window")
         stats = _quiet(mounted.stats)
-        assert stats["download_requests"] == 0 and stats["instances_downloaded"] == 0
-        assert pacs.count("wado-rs") == 0
+        assert stats["instances_downloaded"] <= 1 and stats["download_requests"] <= 1
+        assert stats["instances_downloaded"] == stats["derived_files_made"]  # the one, if any, is the preview's
         assert stats["searches"] >= 1  # it did list the series
     finally:
         for process in (browser, screen):
             if process is not None:
                 process.terminate()
                 process.wait(10)
-    assert json.loads((mounted.path / ".trolleyfs" / "stats").read_text())["download_requests"] == 0
+    assert json.loads((mounted.path / ".trolleyfs" / "stats").read_text())["download_requests"] <= 1

@@ -35,7 +35,7 @@ def expected(instances: list[dict], keep) -> set[str]:  # noqa: ANN001
 def check_views(mounted, instances: list[dict], study_modalities: dict[str, set[str]]) -> None:  # noqa: ANN001
     """Each view lists exactly the instances of the studies it names (several of each kind)."""
     root = mounted.path
-    assert sorted(p.name for p in root.iterdir()) == [".trolleyfs", "accession", "dates", "patients", "query", "studies"]
+    assert sorted(p.name for p in root.iterdir()) == [".trolleyfs", "accession", "dates", "nifti", "patients", "query", "studies"]
     assert list((root / "accession").iterdir()) == []
     for accession in sorted({i["AccessionNumber"] for i in instances}):
         assert instances_below(root / "accession" / accession) == expected(

@@ -48,7 +48,7 @@ async def test_studies_by_uid_cost_two_searches_and_no_download(pacs, tmp_path, 
         entries = await listdir(fs, study.inode)
         assert pacs.count(kind) <= 2 and pacs.count("wado-rs") == 0
         series = {i.value("SeriesInstanceUID") for i in pacs.instances.values() if i.value("StudyInstanceUID") == study_uid}
-        assert {name.rsplit("_", 1)[-1] for name in entries if name != "study.json"} == series
+        assert {name.rsplit("_", 1)[-1] for name in entries if name not in ("study.json", "preview.png")} == series
         assert "study.json" in entries
         with pytest.raises(NotFound):
             await walk(fs, "/studies/1.2.3.999")
@@ -191,7 +191,7 @@ async def test_naming_templates_name_entries_and_uids_stay_reachable(pacs, tmp_p
         assert set(studies) <= {"CHEST CT", "BRAIN MR", "CHEST CT~2", "BRAIN MR~2"}
         study = await walk(fs, f"/studies/{some.value('StudyInstanceUID')}")
         series = await listdir(fs, study.inode)
-        assert set(series) == {"S01_CT", "S02_MR", "study.json"}
+        assert set(series) == {"S01_CT", "S02_MR", "study.json", "preview.png"}
         series_dir = series[f"S{int(some.value('SeriesNumber')):02}_{some.value('Modality')}"]
         files = await listdir(fs, series_dir.inode)
         assert f"{int(some.value('InstanceNumber')):03}.dcm" in files
@@ -290,7 +290,7 @@ async def test_a_sidecar_is_rendered_once_per_listing_not_at_every_stat(pacs, tm
     async with filesystem_over(pacs, tmp_path) as fs:
         some = next(iter(pacs.instances.values()))
         study = await walk(fs, f"/studies/{some.value('StudyInstanceUID')}")
-        series = next(node for name, node in (await listdir(fs, study.inode)).items() if name != "study.json")
+        series = next(node for node in (await listdir(fs, study.inode)).values() if node.is_dir)
         sidecar = (await listdir(fs, series.inode))["series.json"]
         sizes = {fs.getattr(sidecar.inode).size for _ in range(5)}
         await listdir(fs, series.inode)
