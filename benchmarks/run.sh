@@ -5,7 +5,8 @@
 # with --memory first, the memory benchmark runs instead (benchmarks/memory.py, --instances N);
 # with --protocols first, the protocol pairs against the embedded PACS (benchmarks/protocols.py);
 # with --soak first, a million reads through a mount of the embedded PACS (benchmarks/soak.py, --reads N);
-# with --cluster first, 4 daemons over one shared cache against one alone (benchmarks/cluster.py, --daemons N).
+# with --cluster first, 4 daemons over one shared cache against one alone (benchmarks/cluster.py, --daemons N);
+# with --derived first, /nifti, preview.png and /deid against the direct routes (benchmarks/derived.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -20,5 +21,6 @@ case "${1:-}" in
     --protocols) script=benchmarks/protocols.py; shift ;;
     --soak) script=benchmarks/soak.py; shift ;;
     --cluster) script=benchmarks/cluster.py; shift ;;
+    --derived) script=benchmarks/derived.py; shift ;;
 esac
 exec unshare --net -- sh -c 'ip link set lo up && exec .venv/bin/python "$0" "$@"' "$script" "$@"

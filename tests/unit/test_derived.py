@@ -182,3 +182,20 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+async def test_opening_a_deid_file_reads_its_series_ahead_like_an_original(derived_pacs, tmp_path, credentials):
+    async with filesystem_over(derived_pacs, tmp_path, credentials_file=credentials) as fs:
+        folders = []
+        for patient in (await listdir(fs, (await walk(fs, "/deid/patients")).inode)).values():
+            for study in (await listdir(fs, patient.inode)).values():
+                folders += (await listdir(fs, study.inode)).values()
+        ten = [folder for folder in folders if len(await listdir(fs, folder.inode)) == 10]  # P1's CT and MR
+        files = list((await listdir(fs, ten[0].inode)).values())
+        await read_all(fs, files[0].inode)
+        await fs.trolley.settled()
+        assert fs.stats()["read_aheads"] == 1
+        requests = fs.stats()["download_requests"]
+        for file in files[1:]:
+            await read_all(fs, file.inode)
+        assert fs.stats()["download_requests"] == requests  # the rest came with the read-ahead

@@ -208,6 +208,25 @@ class SeriesDir(Directory):
         found = self._by_part.get(name.removesuffix(".dcm"))  # <SOPInstanceUID>.dcm
         return found if isinstance(found, InstanceFile) and self.tree.searchable_names else None
 
+    def read_ahead_after(self) -> None:
+        """After one of its files had to be downloaded, fetch the rest of the series in the background when the series (as estimated from its listing) fits within
+        ``readahead_max`` and some of it is not cached yet (the file may have been the last one a
+        read-ahead just delivered)."""
+        trolley = self.mount.trolley
+        if trolley.reading_ahead(self.series.uid):
+            return
+        estimate = sum(estimated_size(i.attributes) or typical_size(self.modalities) for i in self.instances)
+        missing = any(i.uid not in trolley.cache and not trolley.cache.arriving(i.uid) for i in self.instances)
+        if len(self.instances) > 1 and missing and estimate <= self.mount.settings.readahead_max:
+            sop_classes = tuple(sorted({text_of(i.attributes.get("SOPClassUID")) for i in self.instances} - {""}))
+            trolley.read_ahead(
+                SeriesReference(
+                    study_uid=self.study_dir.study.uid, series_uid=self.series.uid, sop_class_uids=sop_classes,
+                    modalities=self.modalities, listed_uids=frozenset(i.uid for i in self.instances),
+                ),
+                estimate,
+            )
+
     def reference_of(self, instance: Instance) -> InstanceReference:
         return InstanceReference(
             study_uid=self.study_dir.study.uid,
@@ -270,30 +289,9 @@ class InstanceFile(File):
         was_cached = self.uid in trolley.cache
         opened = await trolley.open_instance(self.reference)
         if not was_cached:
-            self._maybe_read_ahead(opened.size)
+            self.series_dir.read_ahead_after()
         self.size, self.size_exact = opened.size, True
         return OpenFile(self, fd=opened.fd, just_written=opened.just_written, arrival=opened.arrival)
-
-    def _maybe_read_ahead(self, file_size: int) -> None:
-        """After a file had to be downloaded, fetch the rest of its series in the background when
-        the series (as estimated from its listing) fits within ``readahead_max`` and some of it
-        is not cached yet (the file may have been the last one a read-ahead just delivered)."""
-        if self.mount.trolley.reading_ahead(self.series_dir.series.uid):
-            return
-        siblings = [node for node in (self.series_dir.children or {}).values() if isinstance(node, InstanceFile)]
-        estimate = sum(node.size or file_size for node in siblings)
-        cache = self.mount.trolley.cache
-        missing = any(node.uid not in cache and not cache.arriving(node.uid) for node in siblings)
-        if len(siblings) > 1 and missing and estimate <= self.mount.settings.readahead_max:
-            reference = self.reference
-            sop_classes = tuple(sorted({text_of(node.instance.attributes.get("SOPClassUID")) for node in siblings} - {""}))
-            self.mount.trolley.read_ahead(
-                SeriesReference(
-                    study_uid=reference.study_uid, series_uid=reference.series_uid, sop_class_uids=sop_classes,
-                    modalities=reference.modalities, listed_uids=frozenset(node.uid for node in siblings),
-                ),
-                estimate,
-            )
 
     async def xattrs(self) -> dict[str, bytes]:
         """What the search told, and, once the file is cached, the text elements of its header."""

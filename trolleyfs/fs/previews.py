@@ -20,7 +20,7 @@ import trio
 
 from trolleyfs.cache import disk_limiter
 from trolleyfs.derived.images import montage, thumbnail_of_dataset, thumbnail_of_image
-from trolleyfs.errors import PacsProtocolError, TrolleyError
+from trolleyfs.errors import PacsProtocolError, TrolleyError, first_error
 from trolleyfs.fs.derived import DerivedFile
 from trolleyfs.fs.sidecars import text_of
 from trolleyfs.model import Instance, InstanceReference
@@ -113,9 +113,10 @@ class StudyPreview(DerivedFile):
             async with _montage_limiter:
                 images[index] = await preview.png()
 
-        async with trio.open_nursery() as nursery:
-            for index, preview in enumerate(previews):
-                nursery.start_soon(one, index, preview)
+        with first_error():
+            async with trio.open_nursery() as nursery:
+                for index, preview in enumerate(previews):
+                    nursery.start_soon(one, index, preview)
         size = self.mount.settings.preview_size
         png = await trio.to_thread.run_sync(montage, [image for image in images if image], size, limiter=_image_limiter)
         await self.mount.derived.publish_bytes(self.uid, png)

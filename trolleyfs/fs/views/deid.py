@@ -69,7 +69,10 @@ class DeidInstanceFile(DerivedFile):
             text_of(self.series_dir.series.attributes.get("Modality")), text_of(self.instance.attributes.get("SOPClassUID"))
         )
         trolley = self.mount.trolley
+        was_cached = self.instance.uid in trolley.cache
         opened = await trolley.open_instance(self.series_dir.reference_of(self.instance))
+        if not was_cached:  # as for the original: the rest of the series follows in the background
+            self.series_dir.read_ahead_after()
         try:
             if opened.arrival is not None:
                 await opened.arrival.wait_for(opened.size)

@@ -23,7 +23,7 @@ import trio
 
 from trolleyfs.cache import disk_limiter
 from trolleyfs.derived.nifti import JSON, NII, VERSION, ConversionFailed, convert
-from trolleyfs.errors import CacheError
+from trolleyfs.errors import CacheError, first_error
 from trolleyfs.fs.derived import DerivedFile
 from trolleyfs.fs.dicom import InstanceFile, SeriesDir, StudyDir, estimated_size, int_or, typical_size
 from trolleyfs.fs.nodes import Directory, Node, Tree, TreeRoot
@@ -111,14 +111,21 @@ class NiftiSeriesDir(SeriesDir):
     async def _link_instances(self, instances: list[Instance], folder: Path) -> None:
         """Each cached instance into ``folder`` (a hard link, or a copy across filesystems)."""
         await trio.to_thread.run_sync(lambda: folder.mkdir(parents=True, mode=0o700))
-        for index, instance in enumerate(instances):
-            opened = await self.mount.trolley.open_instance(self.reference_of(instance))
+        trolley = self.mount.trolley
+
+        async def link(index: int, instance: Instance) -> None:
+            opened = await trolley.open_instance(self.reference_of(instance))
             try:
                 if opened.arrival is not None:
                     await opened.arrival.wait_for(opened.size)
                 await trio.to_thread.run_sync(_link_or_copy, opened.fd, folder / f"{index:06}.dcm", limiter=disk_limiter)
             finally:
-                self.mount.trolley.cache.close_for_reading(instance.uid, opened.fd)
+                trolley.cache.close_for_reading(instance.uid, opened.fd)
+
+        with first_error():
+            async with trio.open_nursery() as nursery:
+                for index, instance in enumerate(instances):
+                    nursery.start_soon(link, index, instance)
 
     async def _read_manifest(self) -> dict[str, int] | None:
         opened = await self.mount.trolley.cache.open_for_reading(self.manifest_key)
