@@ -193,6 +193,8 @@ def test_deid_leaves_no_identifying_value_in_any_file_or_name(mount, derived_ort
     views = 2  # /deid/patients and /deid/studies show every file
     assert checked == views * (len(stored) - 2)  # all but the flagged CT image and the ultrasound image
     assert sorted(p.parent.name.split("_")[1] for p in refused) == ["CT", "CT", "US", "US"]
+    log = mounted.log_text()
+    assert "BurnedInAnnotation=YES" in log and "its modality often holds burned-in text" in log
     assert all(len(new) == 1 for new in uid_map.values()), "one UID became several"
     assert len({next(iter(new)) for new in uid_map.values()}) == len(uid_map), "two UIDs became one"
 
